@@ -1,0 +1,129 @@
+// Torch binding of the CPU kernel: checks tensors, allocates outputs, fills KdParams, releases the GIL.
+#include <torch/extension.h>
+
+#include <string>
+#include <tuple>
+
+#include "../kd_params.h"
+#include "kd_cpu_kernel.h"
+
+namespace {
+
+using mkd_fast::KdParams;
+
+int32_t elem_type(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return mkd_fast::kFloat32;
+    case at::kBFloat16: return mkd_fast::kBFloat16;
+    case at::kHalf: return mkd_fast::kFloat16;
+    case at::kDouble: return mkd_fast::kFloat64;
+    default:
+      TORCH_CHECK(false, name, ": expected float32, bfloat16, float16 or float64, got ", t.scalar_type());
+  }
+  return 0;
+}
+
+void check_cpu_rows(const at::Tensor& t, const char* name, int64_t dims) {
+  TORCH_CHECK(t.device().is_cpu(), name, ": expected a CPU tensor, got device ", t.device());
+  TORCH_CHECK(t.dim() == dims, name, ": expected ", dims, " dimensions, got ", t.dim());
+  TORCH_CHECK(t.size(-1) <= 1 || t.stride(-1) == 1, name, ": the class dimension must be contiguous");
+}
+
+std::tuple<at::Tensor, at::Tensor> kd_rows(const at::Tensor& student, const at::Tensor& teacher,
+                                           const c10::optional<at::Tensor>& labels,
+                                           const c10::optional<at::Tensor>& mask, double temperature,
+                                           int64_t divergence, double beta, int64_t teacher_format, double alpha,
+                                           int64_t ignore_index, bool scale_t2, bool compute_grad,
+                                           const c10::optional<at::Tensor>& row_weight, double loss_scale) {
+  check_cpu_rows(student, "student_logits", 2);
+  check_cpu_rows(teacher, "teacher_logits", 3);
+  const int64_t n_rows = student.size(0), n_classes = student.size(1);
+  TORCH_CHECK(teacher.size(1) == n_rows && teacher.size(2) == n_classes,
+              "teacher_logits: expected shape [K, ", n_rows, ", ", n_classes, "], got ", teacher.sizes());
+  TORCH_CHECK(teacher.size(0) >= 1, "teacher_logits: needs at least one teacher");
+  TORCH_CHECK(temperature > 0.0 && std::isfinite(temperature), "temperature: expected a finite value > 0");
+
+  KdParams p;
+  p.n_rows = n_rows;
+  p.n_classes = n_classes;
+  p.n_teachers = teacher.size(0);
+  p.student_row_stride = student.stride(0);
+  p.teacher_k_stride = teacher.stride(0);
+  p.teacher_row_stride = teacher.stride(1);
+  p.student = student.data_ptr();
+  p.teacher = teacher.data_ptr();
+  p.student_type = elem_type(student, "student_logits");
+  p.teacher_type = elem_type(teacher, "teacher_logits");
+  p.divergence = static_cast<int32_t>(divergence);
+  p.teacher_format = static_cast<int32_t>(teacher_format);
+  p.temperature = temperature;
+  p.beta = beta;
+  p.alpha = alpha;
+  p.ignore_index = ignore_index;
+  p.scale_t2 = scale_t2;
+  p.compute_grad = compute_grad;
+
+  at::Tensor labels_c, mask_c;
+  if (labels.has_value()) {
+    labels_c = labels->contiguous();
+    TORCH_CHECK(labels_c.scalar_type() == at::kLong && labels_c.numel() == n_rows && labels_c.device().is_cpu(),
+                "labels: expected an int64 CPU tensor with ", n_rows, " elements");
+    p.labels = labels_c.data_ptr<int64_t>();
+  }
+  if (mask.has_value()) {
+    mask_c = mask->contiguous();
+    TORCH_CHECK(mask_c.scalar_type() == at::kBool && mask_c.numel() == n_rows && mask_c.device().is_cpu(),
+                "mask: expected a bool CPU tensor with ", n_rows, " elements");
+    p.mask = mask_c.data_ptr<bool>();
+  }
+
+  const auto loss_dtype = student.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor weight_c;
+  if (row_weight.has_value()) {
+    TORCH_CHECK(row_weight->numel() == n_rows && row_weight->device().is_cpu(),
+                "row_weight: expected a CPU tensor with ", n_rows, " elements");
+    weight_c = row_weight->to(loss_dtype).contiguous();
+    p.row_weight = weight_c.data_ptr();
+  }
+  p.loss_scale = loss_scale;
+  at::Tensor loss = at::empty({n_rows}, student.options().dtype(loss_dtype));
+  at::Tensor grad = compute_grad ? at::empty({n_rows, n_classes}, student.options()) : at::empty({0}, student.options());
+  p.loss_rows = loss.data_ptr();
+  if (compute_grad) {
+    p.grad = grad.data_ptr();
+    p.grad_row_stride = n_classes;
+  }
+  {
+    pybind11::gil_scoped_release no_gil;
+    mkd_fast::cpu::kd_rows_cpu(p);
+  }
+  return {loss, grad};
+}
+
+at::Tensor scale_rows(const at::Tensor& grad, const at::Tensor& row_scale, c10::optional<at::Tensor> out) {
+  check_cpu_rows(grad, "grad", 2);
+  const auto scale_dtype = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor scale = row_scale.to(scale_dtype).contiguous();
+  TORCH_CHECK(scale.numel() == grad.size(0), "row_scale: expected ", grad.size(0), " elements, got ", scale.numel());
+  at::Tensor result = out.has_value() ? *out : at::empty_like(grad, at::MemoryFormat::Contiguous);
+  check_cpu_rows(result, "out", 2);
+  TORCH_CHECK(result.sizes() == grad.sizes() && result.scalar_type() == grad.scalar_type(),
+              "out: expected the shape and dtype of grad");
+  const int32_t type = elem_type(grad, "grad");
+  {
+    pybind11::gil_scoped_release no_gil;
+    mkd_fast::cpu::scale_rows_cpu(grad.data_ptr(), type, scale.data_ptr(), result.data_ptr(), grad.size(0),
+                                  grad.size(1), grad.stride(0), result.stride(0));
+  }
+  return result;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "mkd_fast CPU kernels (fused distillation loss)";
+  m.def("kd_rows", &kd_rows, "Per-row fused distillation loss and student gradient");
+  m.def("scale_rows", &scale_rows, "out[r, c] = grad[r, c] * row_scale[r]", pybind11::arg("grad"),
+        pybind11::arg("row_scale"), pybind11::arg("out") = pybind11::none());
+  m.def("compiled_capability", []() { return std::string(mkd_fast::cpu::compiled_capability()); });
+}
