@@ -56,6 +56,9 @@ def _scale_rows_fake(grad, row_scale, backend):
 
 
 def _setup_context(ctx, inputs, output):
+    # The second output (the saved gradient) never receives a gradient: without this, autograd would
+    # fill an [N, C] tensor of zeros for it on every backward.
+    ctx.set_materialize_grads(False)
     ctx.backend = inputs[-1]
     ctx.compute_grad = inputs[-2]
     ctx.save_for_backward(output[1])
@@ -73,6 +76,8 @@ def _backward(ctx, grad_loss, _unused_grad_of_grad):
     if not ctx.compute_grad:
         raise RuntimeError("kd_loss: the forward ran without a student gradient (student_logits did not "
                            "require grad then); call it again with grad enabled")
+    if grad_loss is None:  # the loss output took no part in what is being differentiated
+        return (None,) * 15
     (row_grad,) = ctx.saved_tensors
     if _is_all_ones(grad_loss):
         return (row_grad,) + (None,) * 14  # loss.sum().backward() of a reduced loss: nothing to scale
