@@ -1,4 +1,7 @@
-"""Test-wide setup: Triton runs in its CPU interpreter (no GPU in CI), set before anything imports triton."""
+"""Test-wide setup: without a GPU, Triton runs in its CPU interpreter (set before anything imports triton)."""
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
