@@ -9,7 +9,21 @@ from typing import Dict
 
 import torch
 
-_ISA_RANK = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2}
+_ISA_FLAGS = {"DEFAULT": set(), "AVX2": {"avx2", "fma", "f16c"},
+              "AVX512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma", "f16c"}}
+
+
+def _cpu_runs(isa: str) -> bool:
+    """Whether this CPU can run code built for `isa` (from /proc/cpuinfo; torch's view elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is not None:
+        return _ISA_FLAGS.get(isa, set()) <= flags
+    rank = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2}
+    return rank.get(isa, 0) <= rank.get(torch.backends.cpu.get_cpu_capability(), 0)
 
 
 @dataclass(frozen=True)
@@ -32,10 +46,9 @@ def _cpu_status() -> BackendStatus:
         return BackendStatus("cpu", False, "cpu", f"the C++ extension mkd_fast._C is not compiled ({exc}); "
                              "reinstall with `pip install --no-build-isolation .` and a C++ compiler")
     built = ext.compiled_capability()
-    running = torch.backends.cpu.get_cpu_capability()
-    if _ISA_RANK.get(built, 0) > _ISA_RANK.get(running, 0):
-        return BackendStatus("cpu", False, "cpu", f"mkd_fast._C was compiled for {built} but this CPU supports "
-                             f"{running}; rebuild here (or set MKD_FAST_CPU_CAPABILITY=default)")
+    if not _cpu_runs(built):
+        return BackendStatus("cpu", False, "cpu", f"mkd_fast._C was compiled for {built}, which this CPU lacks; "
+                             "rebuild here (or with MKD_FAST_CPU_CAPABILITY=default)")
     return BackendStatus("cpu", True, "cpu", f"C++ kernels, {built} vectors, {torch.get_num_threads()} threads")
 
 
