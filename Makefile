@@ -55,7 +55,7 @@ check-cuda: $(STAMP)
 	else echo "nvcc not found: CUDA kernels not compile-checked"; fi
 	@for f in csrc/cuda/*.cpp; do \
 	  echo "g++ -fsyntax-only $$f"; \
-	  g++ -std=c++17 -fsyntax-only -Icsrc -DTORCH_EXTENSION_NAME=_C_cuda \
+	  g++ -std=c++20 -fsyntax-only -Icsrc -DTORCH_EXTENSION_NAME=_C_cuda \
 	    $$($(BIN)/python -c "from torch.utils.cpp_extension import include_paths; print(' '.join('-I' + p for p in include_paths()))") \
 	    -I$$($(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['include'])") $$f || exit 1; \
 	done

@@ -13,7 +13,7 @@ Environment switches:
   MKD_FAST_CPU_CAPABILITY=auto|avx512|avx2|default   vector ISA of the CPU kernels (default: auto, the
                                  best this build machine supports; the package refuses to use a build
                                  whose ISA the running CPU lacks rather than crash)
-  TORCH_CUDA_ARCH_LIST           CUDA architectures (default "8.0;9.0": A100 and H100/H200)
+  TORCH_CUDA_ARCH_LIST           CUDA architectures (default "8.0;9.0+PTX": A100, H100/H200, PTX for newer)
 """
 import os
 import platform
@@ -78,7 +78,7 @@ def want_cuda():
 
 def extensions():
     openmp = ["-fopenmp"] if platform.system() != "Darwin" else []
-    cxx = ["-O3", "-std=c++17", *openmp, *CAPABILITY_FLAGS[cpu_capability()]]
+    cxx = ["-O3", *openmp, *CAPABILITY_FLAGS[cpu_capability()]]
     exts = [
         CppExtension(
             "mkd_fast._C",
@@ -88,14 +88,14 @@ def extensions():
         )
     ]
     if want_cuda():
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         exts.append(
             CUDAExtension(
                 "mkd_fast._C_cuda",
                 sources=["csrc/cuda/kd_cuda_binding.cpp", "csrc/cuda/kd_cuda_kernels.cu"],
                 include_dirs=[os.path.join(ROOT, "csrc")],
-                extra_compile_args={"cxx": ["-O3", "-std=c++17"],
-                                    "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]},
+                extra_compile_args={"cxx": ["-O3"],
+                                    "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]},
             )
         )
     return exts
