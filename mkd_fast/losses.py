@@ -6,7 +6,7 @@ from typing import Optional, Union
 import torch
 
 from .backends import select_backend
-from .ops import kd_rows_op
+from .ops import KDRowsFunction, kd_rows_op
 from .reference import active_rows, kd_rows_reference
 from .validation import PreparedCall, prepare_call
 
@@ -61,9 +61,13 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, tempe
     else:
         spec = call.spec
         compute_grad = torch.is_grad_enabled() and call.student.requires_grad
-        rows, _ = kd_rows_op(call.student, call.teacher.detach(), call.labels, call.mask, spec.temperature,
-                             spec.divergence, spec.beta, spec.teacher_format, spec.alpha, spec.ignore_index,
-                             spec.scale_t2, compute_grad, row_weight, loss_scale, name)
+        if torch.compiler.is_compiling():
+            rows, _ = kd_rows_op(call.student, call.teacher.detach(), call.labels, call.mask, spec.temperature,
+                                 spec.divergence, spec.beta, spec.teacher_format, spec.alpha, spec.ignore_index,
+                                 spec.scale_t2, compute_grad, row_weight, loss_scale, name)
+        else:
+            rows = KDRowsFunction.apply(call.student, call.teacher.detach(), call.labels, call.mask, spec,
+                                        compute_grad, row_weight, loss_scale, name)
     if call.reduction == "none":
         return rows.reshape(call.lead_shape)
     return rows.sum()

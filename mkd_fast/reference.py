@@ -42,7 +42,7 @@ def _soft_term(student: torch.Tensor, teacher: torch.Tensor, spec: KDSpec) -> to
     n_classes = student.shape[-1]
     if spec.divergence == "mse":
         target = teacher.mean(dim=0)  # ensemble target: mean of the teachers' raw logits
-        valid = torch.isfinite(target)  # a -inf teacher logit marks a padded class: skipped
+        valid = target != float("-inf")  # a -inf teacher logit marks a padded class: skipped (NaN is not)
         zero = torch.zeros_like(target)
         diff = torch.where(valid, student - torch.where(valid, target, zero), zero)
         return (diff * diff).sum(-1) / n_classes
@@ -51,7 +51,7 @@ def _soft_term(student: torch.Tensor, teacher: torch.Tensor, spec: KDSpec) -> to
     log_pt = _teacher_log_probs(teacher, spec)
     ps, pt = log_ps.exp(), log_pt.exp()
     zero = torch.zeros_like(ps)
-    on_t, on_s = pt > 0, ps > 0
+    on_t, on_s = pt != 0, ps != 0  # (NaN counts as present, so it propagates)
     log_pt_t = torch.where(on_t, log_pt, zero)  # log p_t where p_t > 0, else a harmless 0
     log_ps_t = torch.where(on_t, log_ps, zero)
     log_ps_s = torch.where(on_s, log_ps, zero)

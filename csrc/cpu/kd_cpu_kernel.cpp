@@ -118,9 +118,30 @@ struct Exec {
   }
 };
 
+template <typename E>
+constexpr bool is_reduced_float = std::is_same<E, c10::BFloat16>::value || std::is_same<E, c10::Half>::value;
+
+// dst[b:e] = src[b:e] converted to the compute type.  bf16 -> float is a 16-bit shift, written so the
+// compiler vectorises it; the other conversions are c10's scalar ones.
 template <typename T, typename E>
 inline void convert_row(const E* src, T* dst, int64_t b, int64_t e) {
-  for (int64_t i = b; i < e; ++i) dst[i] = static_cast<T>(src[i]);
+  if constexpr (std::is_same<E, c10::BFloat16>::value && std::is_same<T, float>::value) {
+    const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
+    uint32_t* out = reinterpret_cast<uint32_t*>(dst);
+    for (int64_t i = b; i < e; ++i) out[i] = static_cast<uint32_t>(bits[i]) << 16;
+  } else {
+    for (int64_t i = b; i < e; ++i) dst[i] = static_cast<T>(src[i]);
+  }
+}
+
+// dst[b:e] = src[b:e] rounded to the output type (vectorised float -> bf16/fp16).
+template <typename T, typename E>
+inline void store_row(const T* src, E* dst, int64_t b, int64_t e) {
+  if constexpr (is_reduced_float<E> && std::is_same<T, float>::value) {
+    at::vec::convert(src + b, dst + b, e - b);
+  } else {
+    for (int64_t i = b; i < e; ++i) dst[i] = static_cast<E>(src[i]);
+  }
 }
 
 // x <- (log x if take_log) * scale over [b, e); returns max.
@@ -255,7 +276,7 @@ T divergence_row(const Exec& ex, const KdParams& p, Workspace<T>& ws, bool want_
       for_lanes<T>(b, e, [&](int64_t i, int64_t n) {
         const Vec<T> vpt = load(pt, i, n), vps = load(ps, i, n), vlps = load(lps, i, n);
         const Vec<T> diff = kl ? load(lpt, i, n) - vlps : zero - vlps;
-        acc = acc + keep(Vec<T>::blendv(zero, vpt * diff, vpt > zero), T(0), n);
+        acc = acc + keep(Vec<T>::blendv(vpt * diff, zero, vpt == zero), T(0), n);
         if (want_grad) store(g, i, n, vps - vpt);
       });
       return lanes_sum(acc);
@@ -267,8 +288,8 @@ T divergence_row(const Exec& ex, const KdParams& p, Workspace<T>& ws, bool want_
       Vec<T> acc(0);
       for_lanes<T>(b, e, [&](int64_t i, int64_t n) {
         const Vec<T> vps = load(ps, i, n);
-        const Vec<T> w = Vec<T>::blendv(zero, load(lps, i, n) - load(lpt, i, n), vps > zero);
-        acc = acc + keep(Vec<T>::blendv(zero, vps * w, vps > zero), T(0), n);
+        const Vec<T> w = Vec<T>::blendv(load(lps, i, n) - load(lpt, i, n), zero, vps == zero);
+        acc = acc + keep(Vec<T>::blendv(vps * w, zero, vps == zero), T(0), n);
         if (want_grad) store(g, i, n, w);
       });
       return lanes_sum(acc);
@@ -278,7 +299,7 @@ T divergence_row(const Exec& ex, const KdParams& p, Workspace<T>& ws, bool want_
       ex.each(C, [&](int64_t b, int64_t e) {
         for_lanes<T>(b, e, [&](int64_t i, int64_t n) {
           const Vec<T> vps = load(ps, i, n);
-          store(g, i, n, Vec<T>::blendv(zero, vps * (load(g, i, n) - vloss), vps > zero));
+          store(g, i, n, Vec<T>::blendv(vps * (load(g, i, n) - vloss), zero, vps == zero));
         });
       });
     }
@@ -297,9 +318,9 @@ T divergence_row(const Exec& ex, const KdParams& p, Workspace<T>& ws, bool want_
       for_lanes<T>(b, e, [&](int64_t i, int64_t n) {
         const Vec<T> vpt = load(pt, i, n), vps = load(ps, i, n);
         const Vec<T> lm = at::vec::maximum(vb * vpt + vb1 * vps, tiny).log();
-        acc_t = acc_t + keep(Vec<T>::blendv(zero, vpt * (load(lpt, i, n) - lm), vpt > zero), T(0), n);
-        const Vec<T> w = Vec<T>::blendv(zero, load(lps, i, n) - lm, vps > zero);
-        acc_s = acc_s + keep(Vec<T>::blendv(zero, vps * w, vps > zero), T(0), n);
+        acc_t = acc_t + keep(Vec<T>::blendv(vpt * (load(lpt, i, n) - lm), zero, vpt == zero), T(0), n);
+        const Vec<T> w = Vec<T>::blendv(load(lps, i, n) - lm, zero, vps == zero);
+        acc_s = acc_s + keep(Vec<T>::blendv(vps * w, zero, vps == zero), T(0), n);
         if (want_grad) store(g, i, n, w);
       });
       return Pair{lanes_sum(acc_t), lanes_sum(acc_s)};
@@ -313,7 +334,7 @@ T divergence_row(const Exec& ex, const KdParams& p, Workspace<T>& ws, bool want_
     ex.each(C, [&](int64_t b, int64_t e) {
       for_lanes<T>(b, e, [&](int64_t i, int64_t n) {
         const Vec<T> vps = load(ps, i, n);
-        store(g, i, n, vb1 * Vec<T>::blendv(zero, vps * (load(g, i, n) - vs), vps > zero));
+        store(g, i, n, vb1 * Vec<T>::blendv(vps * (load(g, i, n) - vs), zero, vps == zero));
       });
     });
   }
@@ -430,7 +451,7 @@ T kl_one_teacher_row(const Exec& ex, const KdParams& p, int64_t r, Workspace<T>&
       const Vec<T> lps = (load(s, i, n) - vms) * vinv_t - vlzs;
       const Vec<T> pt = load(ws.pt, i, n) * vizt;
       const Vec<T> diff = kl ? ((load(t, i, n) - vmt) * vinv_t - vlzt) - lps : zero - lps;
-      acc = acc + keep(Vec<T>::blendv(zero, pt * diff, pt > zero), T(0), n);
+      acc = acc + keep(Vec<T>::blendv(pt * diff, zero, pt == zero), T(0), n);
       if (want_grad) {
         const Vec<T> ps = load(ws.ps, i, n) * vizs;
         store(dst, i, n, vcoef * (ps - pt) + vhard * ps);
@@ -439,7 +460,7 @@ T kl_one_teacher_row(const Exec& ex, const KdParams& p, int64_t r, Workspace<T>&
     if (want_grad) {
       if (hard && label >= b && label < e) dst[label] -= hard_coef;
       if constexpr (!direct) {
-        for (int64_t i = b; i < e; ++i) grad_out[i] = static_cast<SE>(dst[i]);
+        store_row(dst, grad_out, b, e);
       }
     }
     return lanes_sum(acc);
@@ -448,6 +469,111 @@ T kl_one_teacher_row(const Exec& ex, const KdParams& p, int64_t r, Workspace<T>&
   if (hard) {
     const T lse = m.s + std::log(z.s);  // T == 1 on this path
     loss += alpha * (lse - s[label]);
+  }
+  return weight * loss;
+}
+
+// Rows of at most kSmallC classes (GLUE-style classification): plain scalar code on stack arrays.  The
+// vectorised passes cost more in partial-vector handling than the arithmetic for 2-3 classes.
+constexpr int64_t kSmallC = 16;
+
+template <typename T, typename SE, typename TE>
+T small_row(const KdParams& p, int64_t r, SE* grad_out, int64_t label, bool hard, T weight) {
+  const int64_t C = p.n_classes, K = p.n_teachers;
+  const SE* s_row = static_cast<const SE*>(p.student) + r * p.student_row_stride;
+  const TE* t_row = static_cast<const TE*>(p.teacher) + r * p.teacher_row_stride;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const T alpha = static_cast<T>(p.alpha), temperature = static_cast<T>(p.temperature);
+  const bool soft = alpha < T(1);
+  T s[kSmallC], g[kSmallC], lps[kSmallC], ps[kSmallC], lpt[kSmallC], pt[kSmallC];
+  for (int64_t c = 0; c < C; ++c) {
+    s[c] = static_cast<T>(s_row[c]);
+    g[c] = 0;
+  }
+  // log_softmax(x * scale) into lp, p
+  auto log_softmax = [&](const T* x, T scale, T* lp, T* pr) {
+    T m = ninf;
+    for (int64_t c = 0; c < C; ++c) m = std::max(m, x[c] * scale);
+    T z = 0;
+    for (int64_t c = 0; c < C; ++c) z += std::exp(x[c] * scale - m);
+    const T lz = std::log(z);
+    for (int64_t c = 0; c < C; ++c) {
+      lp[c] = (x[c] * scale - m) - lz;
+      pr[c] = std::exp(lp[c]);
+    }
+  };
+  T loss = 0;
+  if (soft && p.divergence == kMSE) {
+    for (int64_t c = 0; c < C; ++c) {
+      T target = 0;
+      for (int64_t k = 0; k < K; ++k) target += static_cast<T>(t_row[k * p.teacher_k_stride + c]);
+      target /= static_cast<T>(K);
+      const T diff = target == ninf ? T(0) : s[c] - target;
+      loss += diff * diff / static_cast<T>(C);
+      g[c] = (T(1) - alpha) * T(2) * diff / static_cast<T>(C);
+    }
+    loss *= T(1) - alpha;
+  } else if (soft) {
+    const T inv_t = T(1) / temperature;
+    log_softmax(s, inv_t, lps, ps);
+    T u[kSmallC], lq[kSmallC];
+    for (int64_t c = 0; c < C; ++c) lpt[c] = ninf;
+    for (int64_t k = 0; k < K; ++k) {  // log p_t = logsumexp_k log q_k - log K
+      for (int64_t c = 0; c < C; ++c) {
+        const T v = static_cast<T>(t_row[k * p.teacher_k_stride + c]);
+        u[c] = p.teacher_format == kProbs ? std::log(v) : v;
+      }
+      log_softmax(u, inv_t, lq, pt);
+      for (int64_t c = 0; c < C; ++c) {
+        if (std::isnan(lpt[c]) || std::isnan(lq[c])) {  // std::max would drop a NaN
+          lpt[c] = lpt[c] + lq[c];
+          continue;
+        }
+        const T hi = std::max(lpt[c], lq[c]), lo = std::min(lpt[c], lq[c]);
+        lpt[c] = hi == ninf ? ninf : hi + std::log1p(std::exp(lo - hi));
+      }
+    }
+    const T log_k = std::log(static_cast<T>(K));
+    for (int64_t c = 0; c < C; ++c) {
+      lpt[c] -= log_k;
+      pt[c] = std::exp(lpt[c]);
+    }
+    T soft_loss = 0;
+    if (p.divergence == kKL || p.divergence == kSoftCE) {
+      for (int64_t c = 0; c < C; ++c) {
+        if (pt[c] != T(0)) soft_loss += pt[c] * ((p.divergence == kKL ? lpt[c] : T(0)) - lps[c]);
+        g[c] = ps[c] - pt[c];
+      }
+    } else if (p.divergence == kReverseKL) {
+      for (int64_t c = 0; c < C; ++c) {
+        g[c] = ps[c] != T(0) ? lps[c] - lpt[c] : T(0);
+        if (ps[c] != T(0)) soft_loss += ps[c] * g[c];
+      }
+      for (int64_t c = 0; c < C; ++c) g[c] = ps[c] != T(0) ? ps[c] * (g[c] - soft_loss) : T(0);
+    } else {  // JSD
+      const T beta = static_cast<T>(p.beta);
+      T part_t = 0, part_s = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        const T lm = std::log(std::max(beta * pt[c] + (T(1) - beta) * ps[c], std::numeric_limits<T>::min()));
+        if (pt[c] != T(0)) part_t += pt[c] * (lpt[c] - lm);
+        g[c] = ps[c] != T(0) ? lps[c] - lm : T(0);
+        if (ps[c] != T(0)) part_s += ps[c] * g[c];
+      }
+      for (int64_t c = 0; c < C; ++c) g[c] = ps[c] != T(0) ? (T(1) - beta) * ps[c] * (g[c] - part_s) : T(0);
+      soft_loss = beta * part_t + (T(1) - beta) * part_s;
+    }
+    const T scale = p.scale_t2 ? temperature * temperature : T(1);
+    loss = (T(1) - alpha) * scale * soft_loss;
+    for (int64_t c = 0; c < C; ++c) g[c] *= (T(1) - alpha) * scale * inv_t;
+  }
+  if (hard) {
+    log_softmax(s, T(1), lps, ps);
+    loss += alpha * -lps[label];
+    for (int64_t c = 0; c < C; ++c) g[c] += alpha * ps[c];
+    g[label] -= alpha;
+  }
+  if (p.compute_grad) {
+    for (int64_t c = 0; c < C; ++c) grad_out[c] = static_cast<SE>(weight * g[c]);
   }
   return weight * loss;
 }
@@ -483,6 +609,10 @@ void process_row(const Exec& ex, const KdParams& p, int64_t r, Workspace<T>& ws,
         std::fill(grad_out + b, grad_out + e, static_cast<SE>(std::numeric_limits<T>::quiet_NaN()));
       });
     }
+    return;
+  }
+  if (C <= kSmallC) {
+    loss_out = small_row<T, SE, TE>(p, r, grad_out, label, hard, weight);
     return;
   }
   if (soft && p.n_teachers == 1 && p.teacher_format != kProbs && (p.divergence == kKL || p.divergence == kSoftCE) &&
@@ -546,7 +676,7 @@ void process_row(const Exec& ex, const KdParams& p, int64_t r, Workspace<T>& ws,
     });
     if (hard && label >= b && label < e) dst[label] -= weight * alpha;
     if constexpr (!direct) {
-      for (int64_t i = b; i < e; ++i) grad_out[i] = static_cast<SE>(dst[i]);
+      store_row(dst, grad_out, b, e);
     }
   });
 }
@@ -563,7 +693,8 @@ void run_rows(const KdParams& p) {
     for (int64_t r = 0; r < N; ++r) process_row<T, SE, TE>(ex, p, r, ws, loss[r]);
     return;
   }
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));  // ~16k elements per task
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     Workspace<T> ws(C);
     const Exec ex{false};
     for (int64_t r = begin; r < end; ++r) process_row<T, SE, TE>(ex, p, r, ws, loss[r]);

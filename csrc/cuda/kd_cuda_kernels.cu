@@ -736,25 +736,25 @@ __device__ __forceinline__ void elem_pass(const DevParams& p, const RowCtx<TS, T
         if constexpr (MODE == kP3KLCE) {
           const float pt = __expf(lpt);
           const float tl = p.is_kl ? lpt : 0.f;
-          acc_a += pt > 0.f ? pt * (tl - lps) : 0.f;
+          acc_a += pt != 0.f ? pt * (tl - lps) : 0.f;
           g = p.gcoef * (ps - pt);
         } else if constexpr (MODE == kP2RKL) {
-          acc_a += ps > 0.f ? ps * (lps - lpt) : 0.f;
+          acc_a += ps != 0.f ? ps * (lps - lpt) : 0.f;
         } else if constexpr (MODE == kP3RKL) {
-          g = ps > 0.f ? p.gcoef * ps * ((lps - lpt) - r.R) : 0.f;
+          g = ps != 0.f ? p.gcoef * ps * ((lps - lpt) - r.R) : 0.f;
         } else {  // JSD
           const float pt = __expf(lpt);
           const float mix = p.beta * pt + p.omb * ps;
           const float lm = __logf(fmaxf(mix, FLT_MIN));  // reference: log(mix.clamp_min(tiny))
           if constexpr (MODE == kP2JSD) {
-            acc_a += pt > 0.f ? pt * (lpt - lm) : 0.f;
-            acc_b += ps > 0.f ? ps * (lps - lm) : 0.f;
+            acc_a += pt != 0.f ? pt * (lpt - lm) : 0.f;
+            acc_b += ps != 0.f ? ps * (lps - lm) : 0.f;
           } else {
-            g = ps > 0.f ? p.gcoef_jsd * ps * ((lps - lm) - r.R) : 0.f;
+            g = ps != 0.f ? p.gcoef_jsd * ps * ((lps - lm) - r.R) : 0.f;
           }
         }
       } else if constexpr (MODE == kP3MSE) {
-        const bool ok = fabsf(aux[j]) < INFINITY;  // -inf (padded class), +inf, NaN: skipped
+        const bool ok = aux[j] != -INFINITY;  // -inf marks a padded class: skipped (NaN propagates)
         const float dlt = x - (ok ? aux[j] : 0.f);
         acc_a += ok ? dlt * dlt : 0.f;
         g = ok ? p.mse_gcoef * dlt : 0.f;

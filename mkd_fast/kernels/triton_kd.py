@@ -112,17 +112,17 @@ def _soft_elem(log_ps, ps, log_pt, pt, beta, log_beta, log_1mbeta, DIV: tl.const
       d       -- KL / CE: the gradient (p_s - p_t); reverse KL: log p_s - log p_t; JSD: log p_s - log M.
     """
     if DIV == 0:  # kl
-        on_t = (pt > 0.0) & (log_pt > NEG_INF)
+        on_t = (pt != 0.0) & (log_pt != NEG_INF)
         loss_e = tl.where(on_t, pt * (log_pt - log_ps), 0.0)
         sum_e = loss_e
         d = ps - pt
     elif DIV == 3:  # ce
-        loss_e = tl.where(pt > 0.0, -pt * log_ps, 0.0)
+        loss_e = tl.where(pt != 0.0, -pt * log_ps, 0.0)
         sum_e = loss_e
         d = ps - pt
     elif DIV == 1:  # reverse kl
         d = log_ps - log_pt
-        loss_e = tl.where(ps > 0.0, ps * d, 0.0)
+        loss_e = tl.where(ps != 0.0, ps * d, 0.0)
         sum_e = loss_e
     else:  # jsd: log M = logaddexp(log beta + log p_t, log(1 - beta) + log p_s)
         x = log_beta + log_pt
@@ -132,8 +132,8 @@ def _soft_elem(log_ps, ps, log_pt, pt, beta, log_beta, log_1mbeta, DIV: tl.const
         mxs = tl.where(mx == NEG_INF, 0.0, mx)
         log_m = tl.where(mx == NEG_INF, NEG_INF, mxs + tl.log(1.0 + tl.exp(mn - mxs)))
         d = log_ps - log_m
-        sum_e = tl.where(ps > 0.0, ps * d, 0.0)
-        on_t = (pt > 0.0) & (log_pt > NEG_INF)
+        sum_e = tl.where(ps != 0.0, ps * d, 0.0)
+        on_t = (pt != 0.0) & (log_pt != NEG_INF)
         loss_e = beta * tl.where(on_t, pt * (log_pt - log_m), 0.0) + (1.0 - beta) * sum_e
     return loss_e, sum_e, d
 
@@ -142,9 +142,9 @@ def _soft_elem(log_ps, ps, log_pt, pt, beta, log_beta, log_1mbeta, DIV: tl.const
 def _soft_grad(ps, d, row_sum, beta, DIV: tl.constexpr):
     """d soft / d a (a = s / T), from `_soft_elem`'s d and the row sum (R or S)."""
     if DIV == 1:
-        g = tl.where(ps > 0.0, ps * (d - row_sum), 0.0)
+        g = tl.where(ps != 0.0, ps * (d - row_sum), 0.0)
     elif DIV == 2:
-        g = (1.0 - beta) * tl.where(ps > 0.0, ps * (d - row_sum), 0.0)
+        g = (1.0 - beta) * tl.where(ps != 0.0, ps * (d - row_sum), 0.0)
     else:
         g = d
     return g
@@ -219,7 +219,7 @@ def _kd_tile_kernel(
         u = tl.where(ld3, u, tl.where(valid3, 0.0, NEG_INF))  # inactive rows -> uniform (0)
         if DIV == 4:  # mse against the mean of the raw teacher values
             tgt = tl.sum(tl.where(k_in[:, None, None], u, 0.0), axis=0) * inv_k
-            valid = (tgt > NEG_INF) & (tgt < POS_INF)
+            valid = tgt != NEG_INF  # padded class skipped; NaN and +inf propagate
             diff = s - tgt
             loss += soft_coef * (tl.sum(tl.where(valid, diff * diff, 0.0), axis=1) * inv_c)
             if COMPUTE_GRAD:
@@ -339,16 +339,16 @@ def _kd_loop_kernel(
                         u1 = tl.max(u, axis=0)
                         if DIV == 1:  # sum e_s (a - b)
                             w = _rescale(w, f_s) + tl.sum(
-                                tl.where(e_s > 0.0, e_s * ((x - u1) * inv_t), 0.0), axis=0)
+                                tl.where(e_s != 0.0, e_s * ((x - u1) * inv_t), 0.0), axis=0)
                         else:
                             e_t1 = tl.sum(e_t, axis=0)
                             f_t1 = tl.sum(f_t, axis=0)
                             if DIV == 0:  # sum e_t (b - a)
                                 w = _rescale(w, f_t1) + tl.sum(
-                                    tl.where(e_t1 > 0.0, e_t1 * ((u1 - x) * inv_t), 0.0), axis=0)
+                                    tl.where(e_t1 != 0.0, e_t1 * ((u1 - x) * inv_t), 0.0), axis=0)
                             else:  # ce: sum e_t a
                                 w = _rescale(w, f_t1) + tl.sum(
-                                    tl.where(e_t1 > 0.0, e_t1 * (x * inv_t), 0.0), axis=0)
+                                    tl.where(e_t1 != 0.0, e_t1 * (x * inv_t), 0.0), axis=0)
 
         # normalisers: log p_s = (x - m_s) / T - log z_s, log q_k = (u_k - m_k) / T - log z_k
         log_zs = tl.log(z_s)
@@ -391,7 +391,7 @@ def _kd_loop_kernel(
                                       k_in[:, None] & cm[None, :], PROBS)
                     if DIV == 4:
                         tgt = tl.sum(tl.where(k_in[:, None], u, 0.0), axis=0) * inv_k
-                        valid = (tgt > NEG_INF) & (tgt < POS_INF)
+                        valid = tgt != NEG_INF  # padded class skipped; NaN and +inf propagate
                         diff = x - tgt
                         acc += tl.where(valid, diff * diff, 0.0)
                         if COMPUTE_GRAD:
