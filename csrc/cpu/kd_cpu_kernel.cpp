@@ -495,11 +495,14 @@ T small_row(const KdParams& p, int64_t r, SE* grad_out, int64_t label, bool hard
     T m = ninf;
     for (int64_t c = 0; c < C; ++c) m = std::max(m, x[c] * scale);
     T z = 0;
-    for (int64_t c = 0; c < C; ++c) z += std::exp(x[c] * scale - m);
-    const T lz = std::log(z);
+    for (int64_t c = 0; c < C; ++c) {
+      pr[c] = std::exp(x[c] * scale - m);
+      z += pr[c];
+    }
+    const T lz = std::log(z), inv_z = T(1) / z;
     for (int64_t c = 0; c < C; ++c) {
       lp[c] = (x[c] * scale - m) - lz;
-      pr[c] = std::exp(lp[c]);
+      pr[c] *= inv_z;
     }
   };
   T loss = 0;
@@ -518,7 +521,7 @@ T small_row(const KdParams& p, int64_t r, SE* grad_out, int64_t label, bool hard
     log_softmax(s, inv_t, lps, ps);
     T u[kSmallC], lq[kSmallC];
     for (int64_t c = 0; c < C; ++c) lpt[c] = ninf;
-    for (int64_t k = 0; k < K; ++k) {  // log p_t = logsumexp_k log q_k - log K
+    for (int64_t k = 0; k < K && K > 1; ++k) {  // log p_t = logsumexp_k log q_k - log K
       for (int64_t c = 0; c < C; ++c) {
         const T v = static_cast<T>(t_row[k * p.teacher_k_stride + c]);
         u[c] = p.teacher_format == kProbs ? std::log(v) : v;
@@ -533,10 +536,18 @@ T small_row(const KdParams& p, int64_t r, SE* grad_out, int64_t label, bool hard
         lpt[c] = hi == ninf ? ninf : hi + std::log1p(std::exp(lo - hi));
       }
     }
-    const T log_k = std::log(static_cast<T>(K));
-    for (int64_t c = 0; c < C; ++c) {
-      lpt[c] -= log_k;
-      pt[c] = std::exp(lpt[c]);
+    if (K == 1) {
+      for (int64_t c = 0; c < C; ++c) {
+        const T v = static_cast<T>(t_row[c]);
+        u[c] = p.teacher_format == kProbs ? std::log(v) : v;
+      }
+      log_softmax(u, inv_t, lpt, pt);
+    } else {
+      const T log_k = std::log(static_cast<T>(K));
+      for (int64_t c = 0; c < C; ++c) {
+        lpt[c] -= log_k;
+        pt[c] = std::exp(lpt[c]);
+      }
     }
     T soft_loss = 0;
     if (p.divergence == kKL || p.divergence == kSoftCE) {
@@ -567,7 +578,7 @@ T small_row(const KdParams& p, int64_t r, SE* grad_out, int64_t label, bool hard
     for (int64_t c = 0; c < C; ++c) g[c] *= (T(1) - alpha) * scale * inv_t;
   }
   if (hard) {
-    log_softmax(s, T(1), lps, ps);
+    if (!(soft && p.divergence != kMSE && temperature == T(1))) log_softmax(s, T(1), lps, ps);
     loss += alpha * -lps[label];
     for (int64_t c = 0; c < C; ++c) g[c] += alpha * ps[c];
     g[label] -= alpha;
@@ -693,7 +704,7 @@ void run_rows(const KdParams& p) {
     for (int64_t r = 0; r < N; ++r) process_row<T, SE, TE>(ex, p, r, ws, loss[r]);
     return;
   }
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));  // ~16k elements per task
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1));  // >= ~4k elements per task
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     Workspace<T> ws(C);
     const Exec ex{false};
