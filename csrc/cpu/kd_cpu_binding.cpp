@@ -7,6 +7,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../kd_binding_common.h"
 #include "../kd_params.h"
 #include "kd_cpu_kernel.h"
 
@@ -90,18 +91,6 @@ at::Tensor empty_rows(int64_t n_rows, int64_t n_cols, const at::TensorOptions& o
   return at::from_blob(p, {n_rows, n_cols}, [rounded](void* q) { pool().put(q, rounded); }, options);
 }
 
-int32_t elem_type(const at::Tensor& t, const char* name) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return mkd_fast::kFloat32;
-    case at::kBFloat16: return mkd_fast::kBFloat16;
-    case at::kHalf: return mkd_fast::kFloat16;
-    case at::kDouble: return mkd_fast::kFloat64;
-    default:
-      TORCH_CHECK(false, name, ": expected float32, bfloat16, float16 or float64, got ", t.scalar_type());
-  }
-  return 0;
-}
-
 void check_cpu_rows(const at::Tensor& t, const char* name, int64_t dims) {
   TORCH_CHECK(t.device().is_cpu(), name, ": expected a CPU tensor, got device ", t.device());
   TORCH_CHECK(t.dim() == dims, name, ": expected ", dims, " dimensions, got ", t.dim());
@@ -117,30 +106,8 @@ std::tuple<at::Tensor, at::Tensor> kd_rows(const at::Tensor& student, const at::
   check_cpu_rows(student, "student_logits", 2);
   check_cpu_rows(teacher, "teacher_logits", 3);
   const int64_t n_rows = student.size(0), n_classes = student.size(1);
-  TORCH_CHECK(teacher.size(1) == n_rows && teacher.size(2) == n_classes,
-              "teacher_logits: expected shape [K, ", n_rows, ", ", n_classes, "], got ", teacher.sizes());
-  TORCH_CHECK(teacher.size(0) >= 1, "teacher_logits: needs at least one teacher");
-  TORCH_CHECK(temperature > 0.0 && std::isfinite(temperature), "temperature: expected a finite value > 0");
-
-  KdParams p;
-  p.n_rows = n_rows;
-  p.n_classes = n_classes;
-  p.n_teachers = teacher.size(0);
-  p.student_row_stride = student.stride(0);
-  p.teacher_k_stride = teacher.stride(0);
-  p.teacher_row_stride = teacher.stride(1);
-  p.student = student.data_ptr();
-  p.teacher = teacher.data_ptr();
-  p.student_type = elem_type(student, "student_logits");
-  p.teacher_type = elem_type(teacher, "teacher_logits");
-  p.divergence = static_cast<int32_t>(divergence);
-  p.teacher_format = static_cast<int32_t>(teacher_format);
-  p.temperature = temperature;
-  p.beta = beta;
-  p.alpha = alpha;
-  p.ignore_index = ignore_index;
-  p.scale_t2 = scale_t2;
-  p.compute_grad = compute_grad;
+  KdParams p = mkd_fast::make_params(student, teacher, temperature, divergence, beta, teacher_format, alpha,
+                                     ignore_index, scale_t2, compute_grad, loss_scale, /*allow_double=*/true);
 
   at::Tensor labels_c, mask_c;
   if (labels.has_value()) {
@@ -164,7 +131,6 @@ std::tuple<at::Tensor, at::Tensor> kd_rows(const at::Tensor& student, const at::
     weight_c = row_weight->to(loss_dtype).contiguous();
     p.row_weight = weight_c.data_ptr();
   }
-  p.loss_scale = loss_scale;
   at::Tensor loss = at::empty({n_rows}, student.options().dtype(loss_dtype));
   at::Tensor grad = compute_grad ? empty_rows(n_rows, n_classes, student.options()) : at::empty({0}, student.options());
   p.loss_rows = loss.data_ptr();
@@ -188,7 +154,7 @@ at::Tensor scale_rows(const at::Tensor& grad, const at::Tensor& row_scale, c10::
   check_cpu_rows(result, "out", 2);
   TORCH_CHECK(result.sizes() == grad.sizes() && result.scalar_type() == grad.scalar_type(),
               "out: expected the shape and dtype of grad");
-  const int32_t type = elem_type(grad, "grad");
+  const int32_t type = mkd_fast::elem_type(grad, "grad", /*allow_double=*/true);
   {
     pybind11::gil_scoped_release no_gil;
     mkd_fast::cpu::scale_rows_cpu(grad.data_ptr(), type, scale.data_ptr(), result.data_ptr(), grad.size(0),

@@ -12,23 +12,12 @@
 #include <optional>
 #include <tuple>
 
+#include "../kd_binding_common.h"
 #include "kd_cuda.h"
 
 namespace {
 
 using mkd_fast::KdParams;
-
-int32_t elem_type(const at::Tensor& t, const char* name) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return mkd_fast::kFloat32;
-    case at::kBFloat16: return mkd_fast::kBFloat16;
-    case at::kHalf: return mkd_fast::kFloat16;
-    default:
-      TORCH_CHECK(false, name, ": the CUDA backend supports float32, bfloat16 and float16, got ",
-                  t.scalar_type(), " (use backend='torch' for float64)");
-  }
-  return 0;
-}
 
 void check_cuda_rows(const at::Tensor& t, const char* name, int64_t dims, const at::Device& device) {
   TORCH_CHECK(t.is_cuda(), name, ": expected a CUDA tensor, got device ", t.device());
@@ -59,39 +48,8 @@ std::tuple<at::Tensor, at::Tensor> kd_rows(const at::Tensor& student, const at::
   check_cuda_rows(student, "student_logits", 2, device);
   check_cuda_rows(teacher, "teacher_logits", 3, device);
   const int64_t n_rows = student.size(0), n_classes = student.size(1);
-  TORCH_CHECK(teacher.size(1) == n_rows && teacher.size(2) == n_classes,
-              "teacher_logits: expected shape [K, ", n_rows, ", ", n_classes, "], got ", teacher.sizes());
-  TORCH_CHECK(teacher.size(0) >= 1, "teacher_logits: needs at least one teacher");
-  TORCH_CHECK(temperature > 0.0 && std::isfinite(temperature), "temperature: expected a finite value > 0, got ",
-              temperature);
-  TORCH_CHECK(divergence >= mkd_fast::kKL && divergence <= mkd_fast::kMSE, "divergence: unknown code ",
-              divergence);
-  TORCH_CHECK(teacher_format >= mkd_fast::kLogits && teacher_format <= mkd_fast::kProbs,
-              "teacher_format: unknown code ", teacher_format);
-  TORCH_CHECK(alpha >= 0.0 && alpha <= 1.0, "alpha: expected a value in [0, 1], got ", alpha);
-  TORCH_CHECK(divergence != mkd_fast::kJSD || (beta > 0.0 && beta < 1.0),
-              "beta: expected 0 < beta < 1 for jsd (0 and 1 are mapped to kl / reverse_kl), got ", beta);
-
-  KdParams p;
-  p.n_rows = n_rows;
-  p.n_classes = n_classes;
-  p.n_teachers = teacher.size(0);
-  p.student_row_stride = student.stride(0);
-  p.teacher_k_stride = teacher.stride(0);
-  p.teacher_row_stride = teacher.stride(1);
-  p.student = student.data_ptr();
-  p.teacher = teacher.data_ptr();
-  p.student_type = elem_type(student, "student_logits");
-  p.teacher_type = elem_type(teacher, "teacher_logits");
-  p.divergence = static_cast<int32_t>(divergence);
-  p.teacher_format = static_cast<int32_t>(teacher_format);
-  p.temperature = temperature;
-  p.beta = beta;
-  p.alpha = alpha;
-  p.ignore_index = ignore_index;
-  p.scale_t2 = scale_t2;
-  p.compute_grad = compute_grad;
-  p.loss_scale = loss_scale;
+  KdParams p = mkd_fast::make_params(student, teacher, temperature, divergence, beta, teacher_format, alpha,
+                                     ignore_index, scale_t2, compute_grad, loss_scale, /*allow_double=*/false);
 
   at::Tensor labels_c, mask_c, weight_c;
   if (labels.has_value()) {
@@ -133,7 +91,7 @@ at::Tensor scale_rows(const at::Tensor& grad, const at::Tensor& row_scale, std::
   const at::Device device = grad.device();
   check_cuda_rows(grad, "grad", 2, device);
   const int64_t n_rows = grad.size(0), n_cols = grad.size(1);
-  const int32_t type = elem_type(grad, "grad");
+  const int32_t type = mkd_fast::elem_type(grad, "grad", /*allow_double=*/false);
   at::Tensor scale = rows_tensor(row_scale, "row_scale", n_rows, device).to(at::kFloat).contiguous();
 
   at::Tensor result = out.has_value() ? *out : at::empty({n_rows, n_cols}, grad.options());
