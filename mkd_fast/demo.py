@@ -45,9 +45,9 @@ def _correctness_rows(names: List[str]) -> List[str]:
             s = student.float().requires_grad_(True)
             loss = kd_loss(s, teachers.float(), backend=name, **opts)
             loss.backward()
-            err_l = abs(float(loss) - float(gold))
+            err_l = abs(float(loss.detach()) - float(gold.detach()))
             err_g = float((s.grad.double() - s64.grad).abs().max())
-            rows.append(f"  {name:<7} {divergence:<11} loss {float(loss):10.6f}  |loss err| {err_l:.1e}  "
+            rows.append(f"  {name:<7} {divergence:<11} loss {float(loss.detach()):10.6f}  |loss err| {err_l:.1e}  "
                         f"max|grad err| {err_g:.1e}")
     return rows
 

@@ -35,7 +35,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, tempe
             divergence: str = "kl", beta: float = 0.5, teacher_format: str = "logits",
             labels: Optional[torch.Tensor] = None, alpha: float = 0.0, ignore_index: int = -100,
             mask: Optional[torch.Tensor] = None, reduction: str = "batchmean", scale_t2: bool = True,
-            normalizer: Optional[Union[float, torch.Tensor]] = None, backend: str = "auto") -> torch.Tensor:
+            normalizer: Optional[Union[float, torch.Tensor]] = None, backend: str = "auto",
+            grad_inplace: bool = False) -> torch.Tensor:
     """Fused distillation loss between student logits ``[..., C]`` and teacher(s) ``[..., C]`` / ``[K, ..., C]``.
 
     divergence: "kl" = KL(p_t || p_s), "reverse_kl" = KL(p_s || p_t), "jsd" = generalised JSD with weight
@@ -46,12 +47,22 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, tempe
     number of counted rows (unlike ``F.kl_div(reduction="mean")``, which divides by rows x classes);
     ``normalizer`` replaces that count.  The loss is float32 (float64 for float64 inputs).
     Gradient flows to the student only; the teacher is treated as a constant.
+
+    ``grad_inplace=True`` (cpu and triton backends, eager mode) writes the student gradient into the
+    memory of ``student_logits`` during the forward, saving one [N, C] buffer (an LM head's logits are
+    not needed after the loss).  The logits then hold the gradient; autograd raises if anything else
+    saved them for backward.
     """
     call = prepare_call(student_logits, teacher_logits, temperature=temperature, divergence=divergence,
                         beta=beta, teacher_format=teacher_format, labels=labels, alpha=alpha,
                         ignore_index=ignore_index, mask=mask, reduction=reduction, scale_t2=scale_t2,
                         normalizer=normalizer, backend=backend)
     name = select_backend(backend, call.student.device, call.student.dtype)
+    if not isinstance(grad_inplace, bool):
+        raise TypeError(f"grad_inplace: expected a bool, got {type(grad_inplace).__name__}")
+    if grad_inplace and (name not in ("cpu", "triton") or torch.compiler.is_compiling()):
+        raise ValueError(f"grad_inplace: supported by the 'cpu' and 'triton' backends in eager mode; got "
+                         f"backend {name!r}{' under torch.compile' if torch.compiler.is_compiling() else ''}")
     row_weight, loss_scale = _row_weighting(call)
     if name == "torch":
         rows = kd_rows_reference(call.student, call.teacher, call.labels, call.mask, call.spec)
@@ -67,7 +78,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, tempe
                                  spec.scale_t2, compute_grad, row_weight, loss_scale, name)
         else:
             rows = KDRowsFunction.apply(call.student, call.teacher.detach(), call.labels, call.mask, spec,
-                                        compute_grad, row_weight, loss_scale, name)
+                                        compute_grad, row_weight, loss_scale, name, grad_inplace)
     if call.reduction == "none":
         return rows.reshape(call.lead_shape)
     return rows.sum()

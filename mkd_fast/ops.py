@@ -100,9 +100,14 @@ class KDRowsFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student, teacher, labels, mask, spec: KDSpec, compute_grad: bool, row_weight, loss_scale: float,
-                backend: str):
+                backend: str, grad_inplace: bool = False):
+        extra = {"grad_out": student} if grad_inplace and compute_grad else {}
         loss, grad = kernel_module(backend).kd_rows(student, teacher, labels, mask, spec, compute_grad,
-                                                    row_weight=row_weight, loss_scale=loss_scale)
+                                                    row_weight=row_weight, loss_scale=loss_scale, **extra)
+        if extra:
+            # The logits now hold the gradient: bump their version so autograd refuses any other use of
+            # them that it saved for backward (instead of silently computing with the gradient).
+            torch.autograd.graph.increment_version(student)
         ctx.set_materialize_grads(False)
         ctx.backend = backend
         ctx.compute_grad = compute_grad
@@ -112,4 +117,4 @@ class KDRowsFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad = _student_grad(ctx, grad_loss, lambda g, w: kernel_module(ctx.backend).scale_rows(g, w))
-        return (grad,) + (None,) * 8
+        return (grad,) + (None,) * 9

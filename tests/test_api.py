@@ -162,3 +162,38 @@ def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "mkd_fast.cli", "info"], capture_output=True, text=True,
                          check=True).stdout
     assert "mkd_fast" in out
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])  # triton in the interpreter on CPU
+@pytest.mark.parametrize("divergence,alpha", [("kl", 0.0), ("kl", 0.4), ("jsd", 0.0), ("reverse_kl", 0.2),
+                                              ("mse", 0.3)])
+def test_grad_inplace_writes_the_gradient_into_the_logits(backend, divergence, alpha):
+    torch.manual_seed(0)
+    w = torch.randn(8, 300, requires_grad=True)
+    h = torch.randn(5, 8)
+    t = torch.randn(5, 300)
+    labels = torch.tensor([1, 2, -100, 4, 299])
+    opts = dict(temperature=2.0, divergence=divergence, labels=labels, alpha=alpha, backend=backend)
+    kd_loss(h @ w, t, **opts).backward()
+    expected = w.grad.clone()
+    w.grad = None
+    logits = h @ w
+    loss = kd_loss(logits, t, grad_inplace=True, **opts)
+    loss.backward()
+    torch.testing.assert_close(w.grad, expected, rtol=1e-5, atol=1e-6)
+    ref = kd_loss((h @ w).detach().requires_grad_(True), t, **opts)
+    torch.testing.assert_close(loss, ref)
+
+
+def test_grad_inplace_refuses_when_logits_are_needed_elsewhere():
+    w = torch.randn(8, 30, requires_grad=True)
+    logits = torch.randn(4, 8) @ w
+    other = (logits * logits).sum()  # mul saves the logits for its backward
+    loss = kd_loss(logits, torch.randn(4, 30), grad_inplace=True, backend="cpu")
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (loss + other).backward()
+
+
+def test_grad_inplace_rejects_other_backends():
+    with pytest.raises(ValueError, match="grad_inplace"):
+        kd_loss(S.clone().requires_grad_(True), T_, grad_inplace=True, backend="torch")

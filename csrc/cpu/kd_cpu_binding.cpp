@@ -102,7 +102,8 @@ std::tuple<at::Tensor, at::Tensor> kd_rows(const at::Tensor& student, const at::
                                            const c10::optional<at::Tensor>& mask, double temperature,
                                            int64_t divergence, double beta, int64_t teacher_format, double alpha,
                                            int64_t ignore_index, bool scale_t2, bool compute_grad,
-                                           const c10::optional<at::Tensor>& row_weight, double loss_scale) {
+                                           const c10::optional<at::Tensor>& row_weight, double loss_scale,
+                                           const c10::optional<at::Tensor>& grad_out) {
   check_cpu_rows(student, "student_logits", 2);
   check_cpu_rows(teacher, "teacher_logits", 3);
   const int64_t n_rows = student.size(0), n_classes = student.size(1);
@@ -132,11 +133,21 @@ std::tuple<at::Tensor, at::Tensor> kd_rows(const at::Tensor& student, const at::
     p.row_weight = weight_c.data_ptr();
   }
   at::Tensor loss = at::empty({n_rows}, student.options().dtype(loss_dtype));
-  at::Tensor grad = compute_grad ? empty_rows(n_rows, n_classes, student.options()) : at::empty({0}, student.options());
+  at::Tensor grad;
+  if (!compute_grad) {
+    grad = at::empty({0}, student.options());
+  } else if (grad_out.has_value()) {  // e.g. the student logits themselves (kd_loss(grad_inplace=True))
+    grad = *grad_out;
+    check_cpu_rows(grad, "grad_out", 2);
+    TORCH_CHECK(grad.sizes() == student.sizes() && grad.scalar_type() == student.scalar_type(),
+                "grad_out: expected the shape and dtype of student_logits");
+  } else {
+    grad = empty_rows(n_rows, n_classes, student.options());
+  }
   p.loss_rows = loss.data_ptr();
   if (compute_grad) {
     p.grad = grad.data_ptr();
-    p.grad_row_stride = n_classes;
+    p.grad_row_stride = n_rows > 1 ? grad.stride(0) : n_classes;
   }
   {
     pybind11::gil_scoped_release no_gil;
@@ -167,7 +178,12 @@ at::Tensor scale_rows(const at::Tensor& grad, const at::Tensor& row_scale, c10::
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "mkd_fast CPU kernels (fused distillation loss)";
-  m.def("kd_rows", &kd_rows, "Per-row fused distillation loss and student gradient");
+  m.def("kd_rows", &kd_rows, "Per-row fused distillation loss and student gradient", pybind11::arg("student"),
+        pybind11::arg("teacher"), pybind11::arg("labels"), pybind11::arg("mask"), pybind11::arg("temperature"),
+        pybind11::arg("divergence"), pybind11::arg("beta"), pybind11::arg("teacher_format"), pybind11::arg("alpha"),
+        pybind11::arg("ignore_index"), pybind11::arg("scale_t2"), pybind11::arg("compute_grad"),
+        pybind11::arg("row_weight") = pybind11::none(), pybind11::arg("loss_scale") = 1.0,
+        pybind11::arg("grad_out") = pybind11::none());
   m.def("scale_rows", &scale_rows, "out[r, c] = grad[r, c] * row_scale[r]", pybind11::arg("grad"),
         pybind11::arg("row_scale"), pybind11::arg("out") = pybind11::none());
   m.def("release_buffers", []() { return pool().release(); }, "Free the cached gradient buffers; returns bytes");

@@ -437,6 +437,7 @@ T kl_one_teacher_row(const Exec& ex, const KdParams& p, int64_t r, Workspace<T>&
 
   const bool kl = p.divergence == kKL;
   const bool want_grad = p.compute_grad;
+  const T s_label = hard ? s[label] : T(0);  // read before the gradient may overwrite it (in place)
   const T alpha = static_cast<T>(p.alpha);
   const T scale = p.scale_t2 ? static_cast<T>(p.temperature * p.temperature) : T(1);
   const T coef = weight * (T(1) - alpha) * scale * inv_t;
@@ -468,7 +469,7 @@ T kl_one_teacher_row(const Exec& ex, const KdParams& p, int64_t r, Workspace<T>&
   T loss = (T(1) - alpha) * scale * soft;
   if (hard) {
     const T lse = m.s + std::log(z.s);  // T == 1 on this path
-    loss += alpha * (lse - s[label]);
+    loss += alpha * (lse - s_label);
   }
   return weight * loss;
 }

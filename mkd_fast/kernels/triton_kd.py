@@ -513,14 +513,18 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
 
 def kd_rows(student: torch.Tensor, teacher: torch.Tensor, labels: Optional[torch.Tensor],
             mask: Optional[torch.Tensor], spec: KDSpec, compute_grad: bool, *,
-            row_weight: Optional[torch.Tensor] = None, loss_scale: float = 1.0
-            ) -> Tuple[torch.Tensor, torch.Tensor]:
+            row_weight: Optional[torch.Tensor] = None, loss_scale: float = 1.0,
+            grad_out: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-row loss (float32 [N]) and, if compute_grad, d loss_rows[r] / d student[r, :] ([N, C],
     contiguous, the student's dtype; else an empty tensor).  See the module docstring.
 
     Optional weighting (the kernel-module interface of mkd_fast.ops, as in csrc/kd_params.h): loss and
     gradient of row r are multiplied by ``loss_scale * row_weight[r]``; a row whose weight is 0 is
     treated as inactive (0 loss, 0 gradient, whatever it holds).
+
+    ``grad_out`` (e.g. the student itself): write the gradient there.  Safe in place because every
+    kernel reads a tile of the student before it writes the gradient of that tile, and writes only in
+    its last pass.
     """
     if student.dim() != 2 or teacher.dim() != 3 or tuple(teacher.shape[1:]) != tuple(student.shape):
         raise ValueError(f"kd_rows: student [N, C] and teacher [K, N, C] expected, got "
@@ -529,8 +533,15 @@ def kd_rows(student: torch.Tensor, teacher: torch.Tensor, labels: Optional[torch
     n_teachers = teacher.shape[0]
     device = student.device
     loss = torch.empty(n_rows, dtype=torch.float32, device=device)
-    grad = (torch.empty((n_rows, n_classes), dtype=student.dtype, device=device) if compute_grad
-            else student.new_empty(0))
+    if not compute_grad:
+        grad = student.new_empty(0)
+    elif grad_out is not None:
+        if grad_out.shape != student.shape or grad_out.dtype != student.dtype or (
+                n_classes > 1 and grad_out.stride(-1) != 1):
+            raise ValueError("grad_out: expected the shape and dtype of the student, class stride 1")
+        grad = grad_out
+    else:
+        grad = torch.empty((n_rows, n_classes), dtype=student.dtype, device=device)
     if n_rows == 0:
         return loss, grad
 
@@ -576,7 +587,7 @@ def kd_rows(student: torch.Tensor, teacher: torch.Tensor, labels: Optional[torch
         student, teacher, labels if has_labels else student, mask if has_mask else student,
         row_weight if has_weight else student, loss, grad if compute_grad else loss,
         n_rows, n_classes, student.stride(0), teacher.stride(0), teacher.stride(1),
-        n_classes, row_weight.stride(0) if has_weight else 0,
+        grad.stride(0) if compute_grad and n_rows > 1 else n_classes, row_weight.stride(0) if has_weight else 0,
         1.0 / temperature, alpha, soft_coef, grad_coef, beta, log_beta, log_1mbeta,
         math.log(n_teachers), 1.0 / n_teachers, 1.0 / n_classes,
         float(loss_scale), int(spec.ignore_index),
