@@ -55,6 +55,29 @@ inline void store(T* p, int64_t i, int64_t count, const Vec<T>& v) {
   }
 }
 
+// Store that bypasses the cache for full, 64-byte aligned float vectors (the gradient is written once and
+// read much later: streaming saves the read-for-ownership of every line).  Falls back to a plain store.
+template <typename T>
+inline void store_streaming(T* p, int64_t i, int64_t count, const Vec<T>& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same<T, float>::value) {
+    if (count == Vec<T>::size() && (reinterpret_cast<uintptr_t>(p + i) & 63) == 0) {
+      _mm512_stream_ps(p + i, v);
+      return;
+    }
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same<T, float>::value) {
+    if (count == Vec<T>::size() && (reinterpret_cast<uintptr_t>(p + i) & 31) == 0) {
+      _mm256_stream_ps(p + i, v);
+      return;
+    }
+  }
+#endif
+  store(p, i, count, v);
+}
+
+
 // Lanes past `count` (the padded tail) replaced by `fill`, so they cannot disturb a reduction.
 template <typename T>
 inline Vec<T> keep(const Vec<T>& v, T fill, int64_t count) {
@@ -68,6 +91,16 @@ template <typename T>
 inline Vec<T> fast_exp(const Vec<T>& x) {
   if constexpr (std::is_same<T, float>::value) {
     return Vec<T>::blendv(x.exp_u20(), x, x != x);
+  } else {
+    return x.exp();
+  }
+}
+
+// exp where the caller guarantees no NaN input (a row's non-finite max is handled before).
+template <typename T>
+inline Vec<T> exp_finite(const Vec<T>& x) {
+  if constexpr (std::is_same<T, float>::value) {
+    return x.exp_u20();
   } else {
     return x.exp();
   }
@@ -412,16 +445,24 @@ T kl_one_teacher_row(const Exec& ex, const KdParams& p, int64_t r, Workspace<T>&
                                            [&](int64_t b, int64_t e, Max2) { return max_pass(b, e); },
                                            [](Max2 a, Max2 b) { return Max2{std::max(a.s, b.s), std::max(a.t, b.t)}; });
 
+  const bool want_grad = p.compute_grad;
+  if (!std::isfinite(m.s) || !std::isfinite(m.t)) {
+    // NaN or +inf somewhere, or a row of only -inf: no distribution.  NaN out, as the reference does;
+    // checking once here lets the hot loops below use exp without per-element NaN care.
+    const T nan = std::numeric_limits<T>::quiet_NaN();
+    if (want_grad) ex.each(C, [&](int64_t b, int64_t e) { std::fill(grad_out + b, grad_out + e, static_cast<SE>(nan)); });
+    return nan;
+  }
   const T inv_t = T(1) / static_cast<T>(p.temperature);
-  const Vec<T> vinv_t(inv_t), vms(m.s), vmt(m.t);
+  const Vec<T> vinv_t(inv_t), vshift_s(-m.s * inv_t), vshift_t(-m.t * inv_t);
   struct Sum2 {
     T s, t;
   };
   auto exp_pass = [&](int64_t b, int64_t e) {
     Vec<T> zs(0), zt(0);
     for_lanes<T>(b, e, [&](int64_t i, int64_t n) {
-      const Vec<T> es = fast_exp((load(s, i, n) - vms) * vinv_t);
-      const Vec<T> et = fast_exp((load(t, i, n) - vmt) * vinv_t);
+      const Vec<T> es = exp_finite(at::vec::fmadd(load(s, i, n), vinv_t, vshift_s));
+      const Vec<T> et = exp_finite(at::vec::fmadd(load(t, i, n), vinv_t, vshift_t));
       store(ws.ps, i, n, es);
       store(ws.pt, i, n, et);
       zs = zs + keep(es, T(0), n);
@@ -436,29 +477,39 @@ T kl_one_teacher_row(const Exec& ex, const KdParams& p, int64_t r, Workspace<T>&
                                            [](Sum2 a, Sum2 b) { return Sum2{a.s + b.s, a.t + b.t}; });
 
   const bool kl = p.divergence == kKL;
-  const bool want_grad = p.compute_grad;
   const T s_label = hard ? s[label] : T(0);  // read before the gradient may overwrite it (in place)
   const T alpha = static_cast<T>(p.alpha);
   const T scale = p.scale_t2 ? static_cast<T>(p.temperature * p.temperature) : T(1);
   const T coef = weight * (T(1) - alpha) * scale * inv_t;
   const T hard_coef = hard ? weight * alpha : T(0);
-  const Vec<T> zero(0), vlzs(std::log(z.s)), vlzt(std::log(z.t)), vizs(T(1) / z.s), vizt(T(1) / z.t);
-  const Vec<T> vcoef(coef), vhard(hard_coef);
+  const T lzs = std::log(z.s), lzt = std::log(z.t);
+  // log p_t - log p_s = (t - s) / T + c_kl  and  -log p_s = -s / T + c_ce, with the row constants:
+  const T c_kl = (m.s - m.t) * inv_t + lzs - lzt;
+  const T c_ce = m.s * inv_t + lzs;
+  // grad = coef (p_s - p_t) + hard_coef p_s = e_s * a - e_t * b (minus hard_coef at the label)
+  const Vec<T> zero(0), va((coef + hard_coef) / z.s), vb(coef / z.t), vc(kl ? c_kl : c_ce), vneg_inv_t(-inv_t);
   constexpr bool direct = std::is_same<SE, T>::value;
   T* dst = direct ? reinterpret_cast<T*>(grad_out) : ws.grad;
-  const T soft = ex.sum<T>(C, [&](int64_t b, int64_t e) {
+  const T weighted_sum = ex.sum<T>(C, [&](int64_t b, int64_t e) {
     Vec<T> acc(0);
     for_lanes<T>(b, e, [&](int64_t i, int64_t n) {
-      const Vec<T> lps = (load(s, i, n) - vms) * vinv_t - vlzs;
-      const Vec<T> pt = load(ws.pt, i, n) * vizt;
-      const Vec<T> diff = kl ? ((load(t, i, n) - vmt) * vinv_t - vlzt) - lps : zero - lps;
-      acc = acc + keep(Vec<T>::blendv(pt * diff, zero, pt == zero), T(0), n);
+      const Vec<T> vs = load(s, i, n);
+      const Vec<T> et = load(ws.pt, i, n);
+      const Vec<T> diff = kl ? at::vec::fmadd(load(t, i, n) - vs, vinv_t, vc) : at::vec::fmadd(vs, vneg_inv_t, vc);
+      acc = acc + keep(Vec<T>::blendv(et * diff, zero, et == zero), T(0), n);
       if (want_grad) {
-        const Vec<T> ps = load(ws.ps, i, n) * vizs;
-        store(dst, i, n, vcoef * (ps - pt) + vhard * ps);
+        const Vec<T> g = at::vec::fmsub(load(ws.ps, i, n), va, et * vb);
+        if constexpr (direct) {
+          store_streaming(dst, i, n, g);
+        } else {
+          store(dst, i, n, g);
+        }
       }
     });
     if (want_grad) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+      if constexpr (direct) _mm_sfence();  // order the streaming stores before anything reads the gradient
+#endif
       if (hard && label >= b && label < e) dst[label] -= hard_coef;
       if constexpr (!direct) {
         store_row(dst, grad_out, b, e);
@@ -466,9 +517,9 @@ T kl_one_teacher_row(const Exec& ex, const KdParams& p, int64_t r, Workspace<T>&
     }
     return lanes_sum(acc);
   });
-  T loss = (T(1) - alpha) * scale * soft;
+  T loss = (T(1) - alpha) * scale * weighted_sum / z.t;  // sum_c e_t diff / Z_t = sum_c p_t diff
   if (hard) {
-    const T lse = m.s + std::log(z.s);  // T == 1 on this path
+    const T lse = m.s + lzs;  // T == 1 on this path
     loss += alpha * (lse - s_label);
   }
   return weight * loss;
