@@ -30,7 +30,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["mkd_fast"] = mkd_fast.__version__
     machine_info["commit"] = _commit()
     machine_info["threads"] = torch.get_num_threads()
-    machine_info["device"] = torch.cuda.get_device_name() if DEVICE == "cuda" else platform.processor() or "cpu"
+    cpu_name = machine_info.get("cpu", {}).get("brand_raw") or platform.processor() or "cpu"
+    machine_info["device"] = torch.cuda.get_device_name() if DEVICE == "cuda" else cpu_name
     try:
         import triton
 

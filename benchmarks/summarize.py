@@ -85,7 +85,10 @@ def main(argv) -> int:
     rows = summarize(data)
     stem = os.path.join(os.path.dirname(src), os.path.basename(src).replace("_latest.json", "").replace(".json", ""))
     machine = data.get("machine_info", {})
-    header = (f"KD loss forward+backward, {machine.get('device', '?')}, {machine.get('threads', '?')} threads, "
+    device = machine.get("device", "?")
+    if device == "cpu":
+        device = machine.get("cpu", {}).get("brand_raw", device)
+    header = (f"KD loss forward+backward, {device}, {machine.get('threads', '?')} threads, "
               f"torch {machine.get('torch', '?')}, commit {machine.get('commit', '?')[:10]}")
     with open(stem + "_summary.md", "w") as f:
         f.write(header + "\n\n" + markdown(rows) + "\n")
