@@ -76,9 +76,22 @@ def want_cuda():
     return bool(has_toolkit)
 
 
+def write_build_info(capability):
+    """Records the vector ISA in plain Python, so the package can refuse a build the running CPU cannot
+    execute *before* importing the extension (whose static initialisers may already use that ISA)."""
+    path = os.path.join(ROOT, "mkd_fast", "_build_info.py")
+    text = f'"""Written by setup.py."""\nCPU_CAPABILITY = "{capability.upper()}"\n'
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def extensions():
     openmp = ["-fopenmp"] if platform.system() != "Darwin" else []
-    cxx = ["-O3", *openmp, *CAPABILITY_FLAGS[cpu_capability()]]
+    capability = cpu_capability()
+    write_build_info(capability)
+    cxx = ["-O3", *openmp, *CAPABILITY_FLAGS[capability]]
     exts = [
         CppExtension(
             "mkd_fast._C",

@@ -41,6 +41,13 @@ def _triton_interpreter() -> bool:
 @functools.lru_cache(maxsize=None)
 def _cpu_status() -> BackendStatus:
     try:
+        from ._build_info import CPU_CAPABILITY
+    except ImportError:
+        CPU_CAPABILITY = None
+    if CPU_CAPABILITY is not None and not _cpu_runs(CPU_CAPABILITY):  # checked before the import: no SIGILL
+        return BackendStatus("cpu", False, "cpu", f"mkd_fast._C was compiled for {CPU_CAPABILITY}, which this "
+                             "CPU lacks; rebuild here (or with MKD_FAST_CPU_CAPABILITY=default)")
+    try:
         ext = importlib.import_module("mkd_fast._C")
     except ImportError as exc:
         return BackendStatus("cpu", False, "cpu", f"the C++ extension mkd_fast._C is not compiled ({exc}); "

@@ -31,6 +31,18 @@ def _row_weighting(call: PreparedCall):
     return torch.reciprocal(count.clamp_min(1).to(torch.float64)).reshape(1).expand(n_rows), 1.0
 
 
+def _check_grad_inplace(call: PreparedCall, backend: str, student_logits: torch.Tensor) -> None:
+    if backend not in ("cpu", "triton") or torch.compiler.is_compiling():
+        raise ValueError(f"grad_inplace: supported by the 'cpu' and 'triton' backends in eager mode; got "
+                         f"backend {backend!r}{' under torch.compile' if torch.compiler.is_compiling() else ''}")
+    if student_logits.is_leaf and student_logits.requires_grad:
+        raise ValueError("grad_inplace: student_logits is a leaf that requires grad; its .grad would share "
+                         "memory with it.  Use it on computed logits (e.g. the output of an LM head).")
+    if torch._debug_has_internal_overlap(call.student) != 0:
+        raise ValueError("grad_inplace: the rows of student_logits share memory (an expanded tensor?); "
+                         "writing one row's gradient would corrupt another's logits")
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0,
             divergence: str = "kl", beta: float = 0.5, teacher_format: str = "logits",
             labels: Optional[torch.Tensor] = None, alpha: float = 0.0, ignore_index: int = -100,
@@ -60,9 +72,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, tempe
     name = select_backend(backend, call.student.device, call.student.dtype)
     if not isinstance(grad_inplace, bool):
         raise TypeError(f"grad_inplace: expected a bool, got {type(grad_inplace).__name__}")
-    if grad_inplace and (name not in ("cpu", "triton") or torch.compiler.is_compiling()):
-        raise ValueError(f"grad_inplace: supported by the 'cpu' and 'triton' backends in eager mode; got "
-                         f"backend {name!r}{' under torch.compile' if torch.compiler.is_compiling() else ''}")
+    if grad_inplace:
+        _check_grad_inplace(call, name, student_logits)
     row_weight, loss_scale = _row_weighting(call)
     if name == "torch":
         rows = kd_rows_reference(call.student, call.teacher, call.labels, call.mask, call.spec)

@@ -79,9 +79,17 @@ def _student_grad(ctx, grad_loss, scale):
                            "require grad then); call it again with grad enabled")
     if grad_loss is None:  # the loss output took no part in what is being differentiated
         return None
+    if getattr(ctx, "grad_handed_out", False):
+        raise RuntimeError("kd_loss: a second backward through the same loss (retain_graph=True) is not "
+                           "supported by the fused backends: the first backward handed out their saved "
+                           "gradient buffer, which may have changed since.  Compute the loss again, or use "
+                           "backend='torch'.")
     (row_grad,) = ctx.saved_tensors
     if _is_all_ones(grad_loss):
-        return row_grad  # loss.sum().backward() of a reduced loss: nothing to scale
+        # loss.backward() of a reduced loss: nothing to scale, so the forward's buffer *is* the gradient
+        # (no copy).  It may be modified by whoever receives it, hence no second backward.
+        ctx.grad_handed_out = True
+        return row_grad
     return scale(row_grad, grad_loss.to(_loss_dtype(row_grad)))
 
 
@@ -115,6 +123,7 @@ class KDRowsFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # hand-derived gradient: no double backward
     def backward(ctx, grad_loss):
         grad = _student_grad(ctx, grad_loss, lambda g, w: kernel_module(ctx.backend).scale_rows(g, w))
         return (grad,) + (None,) * 9

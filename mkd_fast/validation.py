@@ -151,6 +151,8 @@ def prepare_call(student_logits, teacher_logits, *, temperature, divergence, bet
         if isinstance(normalizer, torch.Tensor):
             if normalizer.numel() != 1:
                 raise ValueError("normalizer: expected a number or a one-element tensor")
+            if may_sync() and not bool(normalizer > 0):
+                raise ValueError(f"normalizer: expected a value > 0, got {float(normalizer)}")
         elif isinstance(normalizer, bool) or not isinstance(normalizer, numbers.Real) or not normalizer > 0:
             raise ValueError(f"normalizer: expected a number > 0 or a one-element tensor, got {normalizer!r}")
 

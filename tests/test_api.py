@@ -197,3 +197,16 @@ def test_grad_inplace_refuses_when_logits_are_needed_elsewhere():
 def test_grad_inplace_rejects_other_backends():
     with pytest.raises(ValueError, match="grad_inplace"):
         kd_loss(S.clone().requires_grad_(True), T_, grad_inplace=True, backend="torch")
+
+
+def test_grad_inplace_refuses_overlapping_rows_and_leaves():
+    w = torch.randn(1, 30, requires_grad=True)
+    with pytest.raises(ValueError, match="share memory"):
+        kd_loss((w * 1.0).expand(4, 30), torch.randn(4, 30), grad_inplace=True, backend="cpu")
+    with pytest.raises(ValueError, match="leaf"):
+        kd_loss(torch.randn(4, 30, requires_grad=True), torch.randn(4, 30), grad_inplace=True, backend="cpu")
+
+
+def test_tensor_normalizer_must_be_positive():
+    with pytest.raises(ValueError, match="normalizer"):
+        kd_loss(S, T_, normalizer=torch.tensor(0.0))

@@ -125,13 +125,24 @@ def test_normalizer_for_gradient_accumulation():
     assert_matches_gold("cpu", s, t, normalizer=torch.tensor(32.0), labels=make_labels((8,), 21))
 
 
-def test_backward_twice_with_retain_graph():
+def test_backward_with_retain_graph():
     s, t = make_inputs((6,), 19, 1, seed=9)
     s.requires_grad_(True)
     loss = mkd_fast.kd_loss(s, t, temperature=2.0, backend="cpu")
-    (g1,) = torch.autograd.grad(loss, s, retain_graph=True)
-    (g2,) = torch.autograd.grad(loss * 3, s)
-    torch.testing.assert_close(g2, 3 * g1)
+    (g3,) = torch.autograd.grad(loss * 3, s, retain_graph=True)  # scaled: the saved buffer stays intact
+    (g1,) = torch.autograd.grad(loss, s, retain_graph=True)  # unscaled: the saved buffer is handed out
+    torch.testing.assert_close(g3, 3 * g1)
+    g1.zero_()  # whoever got the buffer may change it: a further backward must refuse, not mislead
+    with pytest.raises(RuntimeError, match="second backward"):
+        torch.autograd.grad(loss, s)
+
+
+def test_double_backward_is_refused_not_silently_wrong():
+    s, t = make_inputs((4,), 19, 1, seed=9)
+    s.requires_grad_(True)
+    (g,) = torch.autograd.grad(mkd_fast.kd_loss(s, t, backend="cpu"), s, create_graph=True)
+    with pytest.raises(RuntimeError):
+        (g * g).sum().backward()
 
 
 @pytest.mark.parametrize("divergence", DIVERGENCES)
@@ -148,12 +159,17 @@ def test_gradcheck_float64(divergence):
 
 
 @pytest.mark.parametrize("backend", ["cpu", "torch", "triton"])  # triton: in the interpreter on CPU
-@pytest.mark.parametrize("n_classes", [3, 40])
+@pytest.mark.parametrize("n_classes", [3, 40, 40000])
 @pytest.mark.parametrize("divergence", DIVERGENCES)
 def test_nan_inputs_are_never_hidden(backend, n_classes, divergence):
     """A NaN logit (student or teacher) makes that row's loss NaN: never silently skipped or finite."""
     s, t = make_inputs((3,), n_classes, 2, seed=6)
     s[0, 1] = float("nan")
     t[1, 2, 0] = float("nan")
+    s.requires_grad_(True)
     rows = mkd_fast.kd_loss(s, t, divergence=divergence, temperature=2.0, reduction="none", backend=backend)
     assert torch.isnan(rows[0]) and torch.isnan(rows[2]) and torch.isfinite(rows[1])
+    (grad,) = torch.autograd.grad(rows.sum(), s)
+    assert torch.isfinite(grad[1]).all()
+    if divergence != "mse":  # MSE's gradient is per class: only the NaN class is NaN
+        assert torch.isnan(grad[0]).all() and torch.isnan(grad[2]).all()

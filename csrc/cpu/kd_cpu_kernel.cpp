@@ -115,12 +115,18 @@ inline T lanes_sum(const Vec<T>& v) {
   return s;
 }
 
+// max that keeps a NaN (std::max drops it), so a NaN logit reaches the row-level check.
+template <typename T>
+inline T nan_max(T a, T b) {
+  return (std::isnan(b) || b > a) ? b : a;
+}
+
 template <typename T>
 inline T lanes_max(const Vec<T>& v) {
   alignas(64) T buf[Vec<T>::size()];
   v.store(buf);
   T m = -std::numeric_limits<T>::infinity();
-  for (int64_t i = 0; i < Vec<T>::size(); ++i) m = std::max(m, buf[i]);
+  for (int64_t i = 0; i < Vec<T>::size(); ++i) m = nan_max(m, buf[i]);
   return m;
 }
 
@@ -139,7 +145,7 @@ struct Exec {
     if (!split || n <= kClassGrain) return f(0, n);
     return at::parallel_reduce(0, n, kClassGrain, -std::numeric_limits<T>::infinity(),
                                [&](int64_t b, int64_t e, T) { return f(b, e); },
-                               [](T a, T b) { return std::max(a, b); });
+                               [](T a, T b) { return nan_max(a, b); });
   }
   template <typename F>
   void each(int64_t n, const F& f) const {
@@ -443,7 +449,7 @@ T kl_one_teacher_row(const Exec& ex, const KdParams& p, int64_t r, Workspace<T>&
                      ? max_pass(0, C)
                      : at::parallel_reduce(0, C, kClassGrain, Max2{ninf, ninf},
                                            [&](int64_t b, int64_t e, Max2) { return max_pass(b, e); },
-                                           [](Max2 a, Max2 b) { return Max2{std::max(a.s, b.s), std::max(a.t, b.t)}; });
+                                           [](Max2 a, Max2 b) { return Max2{nan_max(a.s, b.s), nan_max(a.t, b.t)}; });
 
   const bool want_grad = p.compute_grad;
   if (!std::isfinite(m.s) || !std::isfinite(m.t)) {

@@ -745,7 +745,7 @@ __device__ __forceinline__ void elem_pass(const DevParams& p, const RowCtx<TS, T
         } else {  // JSD
           const float pt = __expf(lpt);
           const float mix = p.beta * pt + p.omb * ps;
-          const float lm = __logf(fmaxf(mix, FLT_MIN));  // reference: log(mix.clamp_min(tiny))
+          const float lm = mix != mix ? mix : __logf(fmaxf(mix, FLT_MIN));  // reference: log(mix.clamp_min(tiny)); NaN kept
           if constexpr (MODE == kP2JSD) {
             acc_a += pt != 0.f ? pt * (lpt - lm) : 0.f;
             acc_b += ps != 0.f ? ps * (lps - lm) : 0.f;

@@ -131,6 +131,7 @@ def _soft_elem(log_ps, ps, log_pt, pt, beta, log_beta, log_1mbeta, DIV: tl.const
         mn = tl.minimum(x, y)
         mxs = tl.where(mx == NEG_INF, 0.0, mx)
         log_m = tl.where(mx == NEG_INF, NEG_INF, mxs + tl.log(1.0 + tl.exp(mn - mxs)))
+        log_m = tl.where((x != x) | (y != y), x + y, log_m)  # maximum/minimum drop NaN: put it back
         d = log_ps - log_m
         sum_e = tl.where(ps != 0.0, ps * d, 0.0)
         on_t = (pt != 0.0) & (log_pt != NEG_INF)
