@@ -26,6 +26,30 @@ def _demo(args) -> int:
     return 0
 
 
+def _teacher_train(args) -> int:
+    from .teachers.training import load_train_config, train_from_config
+
+    cfg = load_train_config(args.config)
+    summary = train_from_config(cfg, resume=args.resume)
+    for entry in summary["history"]:
+        scores = ", ".join(f"{t} {m['score']:.4f}" for t, m in entry["dev"].items())
+        print(f"epoch {entry['epoch']} (step {entry['step']}): {scores or 'no dev data'}")
+    print(f"teacher saved to {summary['teacher_dir']}" if summary["finished"]
+          else f"stopped at step {summary['steps']}; checkpoint {summary['checkpoint']}")
+    return 0
+
+
+def _soft_targets(args) -> int:
+    from .soft_targets.compute import compute_from_config, load_soft_target_config
+
+    store = compute_from_config(load_soft_target_config(args.config))
+    for task in store.tasks:
+        info = store.task_info(task)
+        print(f"{task}: {info['num_teachers']} teacher(s) x {info['num_examples']} examples x {info['num_classes']}")
+    print(f"soft-target store complete: {store.dir} (fingerprint {store.digest[:12]})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mkd-fast", description="Fused distillation losses and multi-task KD")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -36,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     demo.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     demo.set_defaults(func=_demo)
+    teacher = sub.add_parser("teacher", help="multi-task teachers")
+    tsub = teacher.add_subparsers(dest="teacher_command", required=True)
+    ttrain = tsub.add_parser("train", help="train a multi-task teacher from a YAML config (TeacherTrainConfig)")
+    ttrain.add_argument("--config", required=True, help="YAML file with TeacherTrainConfig keys")
+    ttrain.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    ttrain.set_defaults(func=_teacher_train)
+    st = sub.add_parser("soft-targets", help="compute the soft-target store from a YAML config (SoftTargetConfig)")
+    st.add_argument("--config", required=True, help="YAML file with SoftTargetConfig keys")
+    st.set_defaults(func=_soft_targets)
     return parser
 
 

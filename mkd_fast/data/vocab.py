@@ -10,13 +10,14 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+
+from ..atomic import atomic_write
 from .examples import Example
 
 __all__ = ["Vocab", "build_vocab", "tokenize", "load_word_vectors", "PAD", "UNK", "MASK"]
@@ -71,18 +72,8 @@ class Vocab:
 
     def save(self, path: Union[str, Path]) -> None:
         """Atomic write (temp file in the same folder + os.replace): a crash never leaves half a file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"format": "mkd_fast.vocab/1", "lowercase": self.lowercase, "itos": self.itos}, f,
-                          ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        payload = {"format": "mkd_fast.vocab/1", "lowercase": self.lowercase, "itos": self.itos}
+        atomic_write(path, lambda f: json.dump(payload, f, ensure_ascii=False), binary=False)
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "Vocab":
