@@ -74,9 +74,11 @@ def main() -> int:
     print(json.dumps(result, indent=1), flush=True)
 
     if not args.skip_tests:
-        proc, seconds = _run([sys.executable, "-m", "pytest", "-q", "-x", "tests", "-p", "no:cacheprovider"])
-        tail = [line for line in proc.stdout.splitlines() if " passed" in line or " failed" in line]
-        result["tests"] = dict(returncode=proc.returncode, summary=tail[-1] if tail else "", seconds=round(seconds))
+        # The GPU tests first and on their own, so that nothing else can stop them; then the whole suite.
+        for name, target in (("gpu_tests", "tests/test_gpu_backends.py"), ("tests", "tests")):
+            proc, seconds = _run([sys.executable, "-m", "pytest", "-q", target, "-p", "no:cacheprovider"])
+            tail = [line for line in proc.stdout.splitlines() if " passed" in line or " failed" in line]
+            result[name] = dict(returncode=proc.returncode, summary=tail[-1] if tail else "", seconds=round(seconds))
 
     result["copy_bandwidth_GBps"] = copy_bandwidth_gbs(torch)
     raw = os.path.join(args.out, "gpu_benchmark_raw.json")
