@@ -245,3 +245,36 @@ def test_cli_teacher_train_then_soft_targets_on_synthetic_data(tmp_path, capsys)
     assert store.task_info("synth_sentiment")["num_examples"] == 15 and store.task_info("synth_similarity")["kind"] == "regression"
     uids = store.uids("synth_sentiment")[:4]
     assert store.soft_targets("synth_sentiment", uids).shape == (4, 2)
+
+
+def test_leftover_folder_without_store_json_is_refused(tmp_path):
+    """Task folders whose store.json is gone (e.g. an overwrite killed half-way) must not be trusted."""
+    import numpy as np
+
+    from mkd_fast.soft_targets import SoftTargetWriter
+
+    w = SoftTargetWriter(tmp_path / "s", {"teacher": "A"})
+    w.begin_task("t", ["a", "b"], 1, 2, dtype="float32", shard_size=2)
+    w.write_shard("t", 0, np.zeros((1, 2, 2), dtype=np.float32))
+    w.finalize_task("t")
+    w.finalize(["t"])
+    (tmp_path / "s" / "store.json").unlink()
+    with pytest.raises(StaleStoreError, match="store.json"):
+        SoftTargetWriter(tmp_path / "s", {"teacher": "B"})
+    fresh = SoftTargetWriter(tmp_path / "s", {"teacher": "B"}, overwrite=True)
+    fresh.begin_task("t", ["a", "b"], 1, 2, dtype="float32", shard_size=2)
+    assert not fresh.has_shard("t", 0)
+
+
+def test_float16_overflow_and_nan_are_refused(tmp_path):
+    import numpy as np
+
+    from mkd_fast.soft_targets import SoftTargetWriter
+
+    w = SoftTargetWriter(tmp_path / "s", {"teacher": "A"})
+    w.begin_task("t", ["a"], 1, 2, dtype="float16", shard_size=1)
+    with pytest.raises(ValueError, match="float16"):
+        w.write_shard("t", 0, np.array([[[1e6, 0.0]]], dtype=np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        w.write_shard("t", 0, np.array([[[np.nan, 0.0]]], dtype=np.float32))
+    w.write_shard("t", 0, np.array([[[-np.inf, 3.0]]], dtype=np.float32))  # padded classes are fine

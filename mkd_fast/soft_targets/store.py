@@ -114,6 +114,12 @@ class SoftTargetWriter:
         self.dir = Path(directory)
         self.fingerprint = json.loads(_canonical(fingerprint))
         meta_path = self.dir / "store.json"
+        if not meta_path.is_file() and self.dir.is_dir() and any(self.dir.iterdir()) and not overwrite:
+            # e.g. an overwrite killed half-way: leftovers of unknown origin must not be taken for ours
+            raise StaleStoreError(f"soft-target store {self.dir}: the folder is not empty but has no store.json; "
+                                  "refusing to reuse what is in it (pass overwrite / choose another folder)")
+        if overwrite and not meta_path.is_file() and self.dir.is_dir():
+            shutil.rmtree(self.dir)
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text())
             if meta.get("fingerprint") != self.fingerprint:
@@ -122,6 +128,7 @@ class SoftTargetWriter:
                     raise StaleStoreError(
                         f"soft-target store {self.dir} was computed with a different fingerprint; refusing to reuse "
                         f"it (pass overwrite / choose another folder). Differences: " + "; ".join(diff))
+                os.remove(meta_path)  # first, so that a kill during the removal below leaves no valid store
                 shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         if not meta_path.is_file():
@@ -148,7 +155,8 @@ class SoftTargetWriter:
         meta = {"task": task, "kind": kind, "num_teachers": int(num_teachers), "num_examples": len(uids),
                 "num_classes": int(num_classes), "dtype": dtype, "shard_size": int(shard_size),
                 "num_shards": (len(uids) + shard_size - 1) // shard_size,
-                "uids_hash": hashlib.sha256("\n".join(uids).encode()).hexdigest()[:16]}
+                "uids_hash": hashlib.sha256("\n".join(uids).encode()).hexdigest()[:16],
+                "fingerprint_digest": fingerprint_digest(self.fingerprint)}
         d = self._task_dir(task)
         if (d / "meta.json").is_file():
             old = json.loads((d / "meta.json").read_text())
@@ -186,6 +194,12 @@ class SoftTargetWriter:
         if not 0 <= index < meta["num_shards"] or arr.shape != want:
             raise ValueError(f"write_shard({task!r}, {index}): expected shape {want} for shard {index} of "
                              f"{meta['num_shards']}, got {arr.shape}")
+        if np.isnan(arr).any():
+            raise ValueError(f"write_shard({task!r}, {index}): the teacher produced NaN logits")
+        finite = arr[np.isfinite(arr)]
+        if meta["dtype"] == "float16" and finite.size and np.abs(finite).max() > np.finfo(np.float16).max:
+            raise ValueError(f"write_shard({task!r}, {index}): logits up to {np.abs(finite).max():.4g} overflow "
+                             "float16; store with dtype='float32'")
         _atomic_save_npy(self._shard_path(task, index), arr.astype(meta["dtype"]))
 
     def finalize_task(self, task: str, *, keep_shards: bool = False) -> None:
