@@ -38,15 +38,19 @@ def _triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _isa_refusal(isa: str) -> BackendStatus:
+    return BackendStatus("cpu", False, "cpu", f"mkd_fast._C was compiled for {isa}, which this CPU lacks; "
+                         "rebuild here (or with MKD_FAST_CPU_CAPABILITY=default)")
+
+
 @functools.lru_cache(maxsize=None)
 def _cpu_status() -> BackendStatus:
     try:
         from ._build_info import CPU_CAPABILITY
-    except ImportError:
+    except ImportError:  # built without setup.py's record: checked after the import instead
         CPU_CAPABILITY = None
-    if CPU_CAPABILITY is not None and not _cpu_runs(CPU_CAPABILITY):  # checked before the import: no SIGILL
-        return BackendStatus("cpu", False, "cpu", f"mkd_fast._C was compiled for {CPU_CAPABILITY}, which this "
-                             "CPU lacks; rebuild here (or with MKD_FAST_CPU_CAPABILITY=default)")
+    if CPU_CAPABILITY is not None and not _cpu_runs(CPU_CAPABILITY):  # before the import: no SIGILL
+        return _isa_refusal(CPU_CAPABILITY)
     try:
         ext = importlib.import_module("mkd_fast._C")
     except ImportError as exc:
@@ -54,8 +58,7 @@ def _cpu_status() -> BackendStatus:
                              "reinstall with `pip install --no-build-isolation .` and a C++ compiler")
     built = ext.compiled_capability()
     if not _cpu_runs(built):
-        return BackendStatus("cpu", False, "cpu", f"mkd_fast._C was compiled for {built}, which this CPU lacks; "
-                             "rebuild here (or with MKD_FAST_CPU_CAPABILITY=default)")
+        return _isa_refusal(built)
     return BackendStatus("cpu", True, "cpu", f"C++ kernels, {built} vectors, {torch.get_num_threads()} threads")
 
 
