@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     for t in TASKS:
         metric = "pearson" if defs[t].kind == "regression" else "accuracy"
         base = baseline(defs[t], train[t], dev[t])
-        rows.append({"task": t, "metric": metric, "dev": final[t]["score"], "baseline": base,
+        rows.append({"task": t, "metric": metric, "dev": final[t][metric], "baseline": base,
                      "all_metrics": final[t], "n_dev": len(dev[t])})
     print(f"\n| task | metric | dev (teacher) | baseline (majority / chance) | dev examples |")
     print("|------|--------|--------------:|-----------------------------:|-------------:|")

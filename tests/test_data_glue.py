@@ -137,3 +137,61 @@ def test_hub_rows_are_converted(monkeypatch):
                                                 {"sentence": "meh", "label": -1, "idx": 1}]))
     ex = load_hub("sst2", "validation")
     assert [(e.uid, e.texts, e.label) for e in ex] == [("sst2/dev/0", ("good",), 1), ("sst2/dev/1", ("meh",), None)]
+
+
+def test_mnli_test_splits_and_clear_errors_for_plain_test_or_dev(tmp_path):
+    from mkd_fast.data import glue_splits
+
+    header = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
+              "sentence2_parse\tsentence1\tsentence2\n")
+    for split, text in (("test_matched", "A man runs."), ("test_mismatched", "A cat naps.")):
+        row = f"0\t1\t1n\tfiction\t( A )\t( B )\t(A)\t(B)\t{text}\tIt moves.\n"
+        _write(tmp_path, "MNLI", f"{split}.tsv", header + row)
+        ex = load_glue_split(tmp_path, "mnli", split)
+        assert [(e.uid, e.texts, e.label) for e in ex] == [(f"mnli/{split}/0", (text, "It moves."), None)]
+    assert glue_splits("mnli") == ["train", "dev_matched", "dev_mismatched", "test_matched", "test_mismatched"]
+    assert glue_splits("sst2") == ["train", "dev", "test"]
+    _write(tmp_path, "MNLI", "test.tsv", header)
+    _write(tmp_path, "MNLI", "dev.tsv", header)
+    for split in ("test", "dev"):
+        with pytest.raises(ValueError, match=rf"split: '{split}'.*'test_matched', 'test_mismatched'"):
+            load_glue_split(tmp_path, "mnli", split)
+
+
+def test_cola_test_file_has_a_header(tmp_path):
+    # unlike CoLA's train/dev files, glue_data's CoLA/test.tsv has an "index, sentence" header
+    _write(tmp_path, "CoLA", "test.tsv", "index\tsentence\n0\tBill whistled past the house.\n1\tThe car honked .\n")
+    ex = load_glue_split(tmp_path, "cola", "test")
+    assert [(e.uid, e.texts, e.label) for e in ex] == [("cola/test/0", ("Bill whistled past the house.",), None),
+                                                       ("cola/test/1", ("The car honked .",), None)]
+
+
+def test_hub_test_split_labels_become_none(monkeypatch):
+    datasets = pytest.importorskip("datasets")  # a dependency; absent on some GPU images
+
+    class FakeDS(list):
+        column_names = ["sentence1", "sentence2", "label", "idx"]
+
+    rows = {"train": [{"sentence1": "a", "sentence2": "b", "label": 3.8, "idx": 0},
+                      {"sentence1": "c", "sentence2": "d", "label": 0.0, "idx": 1}],
+            "test": [{"sentence1": "a", "sentence2": "b", "label": -1.0, "idx": 0}]}
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config, split: FakeDS(rows[split]))
+    assert [e.label for e in load_hub("stsb", "train")] == [3.8, 0.0]
+    assert [(e.uid, e.label) for e in load_hub("stsb", "test")] == [("stsb/test/0", None)]  # STS-B test: -1.0
+
+    class FakeNLI(list):
+        column_names = ["premise", "hypothesis", "label", "idx"]
+
+    calls = []
+
+    def nli(name, config, split):
+        calls.append(split)
+        return FakeNLI([{"premise": "p", "hypothesis": "h", "label": -1, "idx": 0}])
+
+    monkeypatch.setattr(datasets, "load_dataset", nli)
+    ex = load_hub("mnli", "test_mismatched")
+    assert calls == ["test_mismatched"] and [(e.uid, e.label) for e in ex] == [("mnli/test_mismatched/0", None)]
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda *a, **k: FakeNLI([{"premise": "p", "hypothesis": "h", "label": 7, "idx": 0}]))
+    with pytest.raises(ValueError, match="label index 7"):  # a classification label out of range is still an error
+        load_hub("mnli", "train")

@@ -278,3 +278,97 @@ def test_float16_overflow_and_nan_are_refused(tmp_path):
     with pytest.raises(ValueError, match="NaN"):
         w.write_shard("t", 0, np.array([[[np.nan, 0.0]]], dtype=np.float32))
     w.write_shard("t", 0, np.array([[[-np.inf, 3.0]]], dtype=np.float32))  # padded classes are fine
+
+
+def test_overwrite_removes_only_what_a_store_wrote(tmp_path):
+    # a folder that is not a store (e.g. output_dir pointed at a home folder) is refused and left untouched
+    home = tmp_path / "home"
+    (home / "photos").mkdir(parents=True)
+    (home / "photos" / "cat.jpg").write_bytes(b"jpg")
+    (home / "notes.txt").write_text("keep me")
+    (home / "t").mkdir()
+    (home / "t" / "meta.json").write_text('{"mine": true}')  # looks like a task folder by name only
+    with pytest.raises(StaleStoreError, match="not a soft-target store") as e:
+        SoftTargetWriter(home, FP, overwrite=True)
+    assert "notes.txt" in str(e.value) and "photos/" in str(e.value)
+    assert (home / "notes.txt").read_text() == "keep me" and (home / "photos" / "cat.jpg").is_file()
+    assert (home / "t" / "meta.json").is_file() and not (home / "store.json").exists()
+
+    # a real store with another fingerprint: its files go, a user's file next to them stays
+    _write_store(tmp_path / "s", torch.randn(2, 6, 3), [str(i) for i in range(6)])
+    (tmp_path / "s" / "README.md").write_text("my notes")
+    other = {**FP, "max_length": 128}
+    w = SoftTargetWriter(tmp_path / "s", other, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["README.md", "store.json"]
+    assert json.loads((tmp_path / "s" / "store.json").read_text())["fingerprint"]["max_length"] == 128
+    w.begin_task("t", ["a"], 1, 2, dtype="float32", shard_size=1)
+    assert not w.has_shard("t", 0)
+
+
+def test_killed_write_leftovers_are_removed_on_resume(tmp_path, monkeypatch):
+    import mkd_fast.soft_targets.store as store_mod
+
+    z = torch.randn(2, 8, 3)
+    uids = [str(i) for i in range(8)]
+    w = SoftTargetWriter(tmp_path / "s", FP)
+    w.begin_task("t", uids, 2, 3, dtype="float32", shard_size=4)
+    w.write_shard("t", 0, z[:, :4])
+    task_dir, shards = tmp_path / "s" / "t", tmp_path / "s" / "t" / "shards"
+
+    def hidden(d):
+        return sorted(p.name for p in d.iterdir() if p.name.startswith("."))
+
+    # an exception in the middle of a write removes the temporary file at once
+    def exploding_save(fh, arr):
+        fh.write(b"partial" * 1000)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store_mod.np, "save", exploding_save)
+    with pytest.raises(RuntimeError, match="disk full"):
+        w.write_shard("t", 1, z[:, 4:])
+    monkeypatch.undo()
+    assert hidden(shards) == [] and not w.has_shard("t", 1)
+    w.write_shard("t", 1, z[:, 4:])
+    real_load = store_mod.np.load
+
+    def failing_load(path, *a, **k):
+        if "shards" in str(path) and str(path).endswith("00001.npy"):
+            raise RuntimeError("read error")
+        return real_load(path, *a, **k)
+
+    monkeypatch.setattr(store_mod.np, "load", failing_load)
+    with pytest.raises(RuntimeError, match="read error"):
+        w.finalize_task("t")  # the logits.npy-sized temporary file goes too
+    monkeypatch.undo()
+    assert hidden(task_dir) == [] and not (task_dir / "logits.npy").exists()
+
+    # a SIGKILL runs no handler: simulate the full-size temporary files it leaves behind
+    (shards / ".00001.npy.tmp-k1ll3d").write_bytes(b"\0" * 50_000)
+    (task_dir / ".logits.tmp-k1ll3d.npy").write_bytes(b"\0" * 100_000)
+    (task_dir / ".meta.json.tmp-k1ll3d").write_text("{")
+    (tmp_path / "s" / ".store.json.tmp-k1ll3d").write_text("{")
+    w2 = SoftTargetWriter(tmp_path / "s", FP)  # the resumed run
+    assert hidden(tmp_path / "s") == []
+    w2.begin_task("t", uids, 2, 3, dtype="float32", shard_size=4)
+    assert hidden(task_dir) == [] and hidden(shards) == []
+    assert w2.has_shard("t", 0) and w2.has_shard("t", 1)
+    w2.finalize_task("t", keep_shards=True)
+    # killed after COMPLETE but before the shards were removed: the next finalize removes the copy
+    assert shards.is_dir()
+    w2.finalize_task("t")
+    assert not shards.exists()
+    assert torch.equal(w2.finalize(["t"]).logits("t", uids), z)
+
+
+def test_rows_take_uids_as_the_writer_stores_them(tmp_path):
+    z = torch.randn(1, 4, 2)
+    store = _write_store(tmp_path / "s", z, [10, 11, 12, 13])  # the writer stores str(uid)
+    assert store.uids("t") == ["10", "11", "12", "13"]
+    assert store.rows("t", [12, "10", np.int64(13), np.str_("11")]).tolist() == [2, 0, 3, 1]
+    assert store.rows("t", np.array([13, 10])).tolist() == [3, 0]
+    assert torch.equal(store.logits("t", [11]), z[:, [1]])
+    assert torch.equal(store.soft_targets("t", np.array([12])), torch.softmax(z[0, [2]], -1))
+    with pytest.raises(KeyError, match="14"):
+        store.rows("t", [14])
+    with pytest.raises(TypeError, match="uids"):
+        store.rows("t", "10")

