@@ -86,6 +86,8 @@ def _distill(args) -> int:
               "(continue with --resume)")
         return 0
     print(f"distilled student (dev): {score_line(result['dev'])}")
+    if "student_dir" not in result:
+        return 0  # a DDP rank other than 0: rank 0 saved the student
     best = summary.get("best")
     best_note = f"; best by {best['metric']} at step {best['step']}: {cfg.output_dir}/best" if best else ""
     print(f"student saved to {result['student_dir']}{best_note}")

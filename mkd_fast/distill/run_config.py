@@ -287,9 +287,10 @@ def run_distill(cfg: DistillRunConfig, resume: bool = False, stop_after_steps: O
     Returns ``{"distill": trainer summary, "dev": final dev scores, "student_dir": ... (when finished),
     "finetune": run_finetune's result (when it ran)}``.  ``stop_after_steps`` ends the distill stage early
     (with a checkpoint; continue with ``resume=True``)."""
-    from .trainer import MultiTaskDistiller
     from .student_spec import build_student
+    from .trainer import MultiTaskDistiller, _dist_info, init_distributed_from_env
 
+    init_distributed_from_env(cfg.train.device)  # under torchrun: one process per rank, DDP
     if resume:
         _check_resume_settings(cfg)
     store = _open_store(cfg)  # before any data work: a wrong path fails at once
@@ -304,6 +305,8 @@ def run_distill(cfg: DistillRunConfig, resume: bool = False, stop_after_steps: O
     distiller = MultiTaskDistiller(student, list(tasks.values()), store, cfg.train)
     summary = distiller.train(data["train"], data["dev"], resume=resume, stop_after_steps=stop_after_steps)
     result: Dict[str, Any] = {"distill": summary, "dev": final_dev_scores(summary)}
+    if _dist_info()[1] != 0:
+        return result  # rank 0 saves the student and runs the per-task stage
     if summary["finished"]:
         result["student_dir"] = summary["student_dir"]
         if cfg.finetune_after_distill:

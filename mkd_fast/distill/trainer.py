@@ -60,6 +60,20 @@ def _dist_info():
     return 1, 0
 
 
+def init_distributed_from_env(device: str = "cpu") -> bool:
+    """Join the process group ``torchrun`` describes (WORLD_SIZE > 1 in the environment): NCCL for CUDA,
+    gloo otherwise.  Returns whether this process is part of a multi-process run."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return True
+
+
 def _barrier():
     import torch.distributed as dist
 
