@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from ..optim import SCHEDULES
 from ..spec import DIVERGENCES
 
 SAMPLING = ("proportional", "temperature", "uniform", "round_robin")
-SCHEDULES = ("linear", "cosine", "constant")
 OPTIMIZERS = ("adamw", "adam", "adadelta", "sgd")
 AMP_MODES = ("no", "bf16", "fp16")
 AGGREGATES = ("mean_probs", "mean_logits")
@@ -97,10 +97,3 @@ class DistillConfig:
 def _choice(key: str, value: str, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{key}: expected one of {tuple(allowed)}, got {value!r}")
-
-
-def config_differences(saved: Dict, current: Dict, ignore=HARMLESS_KEYS) -> List[str]:
-    """``key: old -> new`` for every setting that differs, except those that cannot change the result."""
-    keys = sorted(set(saved) | set(current))
-    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys
-            if k not in ignore and saved.get(k) != current.get(k)]

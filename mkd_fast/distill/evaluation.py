@@ -10,23 +10,11 @@ from ..data.examples import Example
 from ..tasks.definition import TaskDef
 
 
-def predictions_from_logits(task: TaskDef, logits) -> np.ndarray:
-    """Class indices (classification) or scores (regression) from logits [N, C]."""
-    logits = logits.float().cpu()
-    return logits[:, 0].numpy() if task.kind == "regression" else logits.argmax(-1).numpy()
-
-
-def label_array(task: TaskDef, examples: Sequence[Example]) -> np.ndarray:
-    if task.kind == "regression":
-        return np.array([float(e.label) for e in examples], dtype=np.float64)
-    return np.array([int(e.label) for e in examples], dtype=np.int64)
-
-
 def evaluate_model(model, tasks: Mapping[str, TaskDef], dev: Mapping[str, Sequence[Example]],
                    batch_size: int = 256) -> Dict[str, Dict[str, float]]:
     """``{task: metrics}`` plus ``"macro": {"score": mean of the task scores}`` for any model with
     ``predict_logits(task, examples, batch_size)`` (students).  Unlabeled dev examples are skipped."""
-    from ..teachers.training import evaluate_predictions
+    from ..teachers.training import evaluate_predictions, label_array, predictions_from_logits
 
     results: Dict[str, Dict[str, float]] = {}
     for name, examples in dev.items():

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..optim import no_weight_decay, warmup_schedule
 from ..data.examples import Example
 from ..teachers.training import _rng_state, _set_rng_state, atomic_torch_save, config_from_yaml
 from .metrics_log import MetricsLog
@@ -140,28 +141,15 @@ def check_layer_map(layer_map: Mapping[int, int], student_layers: int, teacher_l
 
 
 # ------------------------------------------------------------------------------------------------ training
-def _no_decay(name: str) -> bool:
-    return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name or name.endswith("norm.weight")
-
-
 def build_optimizer(student: nn.Module, projections: nn.Module, cfg: TaskAgnosticConfig) -> torch.optim.AdamW:
     """AdamW over student and projections; biases and norms get no weight decay."""
     decay, plain = [], []
     for prefix, module in (("student.", student), ("projections.", projections)):
         for name, p in module.named_parameters():
             if p.requires_grad:
-                (plain if _no_decay(prefix + name) else decay).append(p)
+                (plain if no_weight_decay(prefix + name) else decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                               {"params": plain, "weight_decay": 0.0}], lr=cfg.lr)
-
-
-def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup: int, total: int):
-    """LR factor rising linearly over ``warmup`` steps, then falling linearly to 0 at ``total``."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _check_resume_config(saved: Mapping[str, Any], cfg: TaskAgnosticConfig) -> None:
@@ -231,7 +219,7 @@ def task_agnostic_distill(teacher: nn.Module, student: nn.Module, texts: Union[S
     student.to(device)
     projections.to(device)
     optimizer = build_optimizer(student, projections, cfg)
-    scheduler = linear_warmup_decay(optimizer, int(round(cfg.warmup_ratio * cfg.steps)), cfg.steps)
+    scheduler = warmup_schedule(optimizer, int(round(cfg.warmup_ratio * cfg.steps)), cfg.steps)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext

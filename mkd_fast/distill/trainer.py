@@ -20,9 +20,10 @@ import torch
 
 from ..atomic import atomic_write, remove_temp_leftovers
 from ..data.examples import Example
+from ..optim import param_groups, warmup_schedule
 from ..tasks.definition import TaskDef
-from ..teachers.training import _rng_state, _set_rng_state, atomic_torch_save
-from .config import DistillConfig, config_differences
+from ..teachers.training import _rng_state, _set_rng_state, atomic_torch_save, settings_diff
+from .config import HARMLESS_KEYS, DistillConfig
 from .evaluation import evaluate_model, metric_value
 from .metrics_log import MetricsLog
 from .objective import DistillObjective
@@ -81,19 +82,9 @@ def _barrier():
         dist.barrier()
 
 
-def _no_decay(name: str) -> bool:
-    return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name or name.endswith("norm.weight")
-
-
 def build_optimizer(model: torch.nn.Module, cfg: DistillConfig) -> torch.optim.Optimizer:
-    """Parameter groups: task heads may get their own lr; biases and norms get no weight decay."""
-    groups: Dict[tuple, List[torch.nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            groups.setdefault((name.startswith("heads."), not _no_decay(name)), []).append(p)
-    head_lr = cfg.head_lr if cfg.head_lr is not None else cfg.lr
-    params = [{"params": ps, "lr": head_lr if is_head else cfg.lr, "weight_decay": cfg.weight_decay if decay else 0.0}
-              for (is_head, decay), ps in sorted(groups.items())]
+    """The configured optimizer over :func:`mkd_fast.optim.param_groups` (heads may get their own lr)."""
+    params = param_groups(model, cfg.lr, cfg.weight_decay, cfg.head_lr)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr)
     if cfg.optimizer == "adam":
@@ -101,21 +92,6 @@ def build_optimizer(model: torch.nn.Module, cfg: DistillConfig) -> torch.optim.O
     if cfg.optimizer == "adadelta":  # Tang et al. 2019: Adadelta, lr 1.0
         return torch.optim.Adadelta(params, lr=cfg.lr)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)
-
-
-def build_schedule(optimizer, cfg: DistillConfig, total_steps: int):
-    warmup = int(round(cfg.warmup_ratio * total_steps))
-
-    def factor(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        if cfg.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return max(0.0, 1.0 - progress)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class MultiTaskDistiller:
@@ -194,7 +170,7 @@ class MultiTaskDistiller:
                               cfg.seed, world_size=world, rank=rank)
         total = cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * sampler.steps_per_epoch()))
         optimizer = build_optimizer(student, cfg)
-        scheduler = build_schedule(optimizer, cfg, total)
+        scheduler = warmup_schedule(optimizer, int(round(cfg.warmup_ratio * total)), total, cfg.schedule)
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         log = MetricsLog(out, enabled=is_main, tensorboard=cfg.tensorboard)
@@ -205,7 +181,7 @@ class MultiTaskDistiller:
                                         "best", "student"])
         if resume and ckpt_path.is_file():
             state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-            diffs = config_differences(state["config"], dataclasses.asdict(cfg))
+            diffs = settings_diff(state["config"], dataclasses.asdict(cfg), HARMLESS_KEYS)
             if diffs:
                 raise ValueError(f"resume: the checkpoint {ckpt_path} was written with other settings: " + "; ".join(diffs))
             student.load_state_dict(state["model"])

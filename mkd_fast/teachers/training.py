@@ -22,6 +22,7 @@ import torch
 
 import torch.nn.functional as F
 
+from ..optim import param_groups, warmup_schedule
 from ..atomic import atomic_write, remove_temp_leftovers
 from ..data.examples import Example
 from ..tasks.definition import TaskDef
@@ -210,6 +211,18 @@ def evaluate_predictions(task: TaskDef, predictions: np.ndarray, labels: np.ndar
     return out
 
 
+def predictions_from_logits(task: TaskDef, logits) -> np.ndarray:
+    """Class indices (classification) or scores (regression) from logits [N, C]."""
+    logits = logits.float().cpu()
+    return logits[:, 0].numpy() if task.kind == "regression" else logits.argmax(-1).numpy()
+
+
+def label_array(task: TaskDef, examples: Sequence[Example]) -> np.ndarray:
+    if task.kind == "regression":
+        return np.array([float(e.label) for e in examples], dtype=np.float64)
+    return np.array([int(e.label) for e in examples], dtype=np.int64)
+
+
 @torch.no_grad()
 def evaluate_teacher(teacher: MultiTaskTeacher, dev: Mapping[str, Sequence[Example]], max_length: int,
                      batch_size: int = 64) -> Dict[str, Dict[str, float]]:
@@ -221,11 +234,7 @@ def evaluate_teacher(teacher: MultiTaskTeacher, dev: Mapping[str, Sequence[Examp
             continue
         task = teacher.tasks[name]
         logits = teacher.predict_logits(name, examples, max_length, batch_size)
-        if task.kind == "regression":
-            preds, labels = logits[:, 0].numpy(), np.array([float(e.label) for e in examples])
-        else:
-            preds, labels = logits.argmax(-1).numpy(), np.array([int(e.label) for e in examples])
-        results[name] = evaluate_predictions(task, preds, labels)
+        results[name] = evaluate_predictions(task, predictions_from_logits(task, logits), label_array(task, examples))
     return results
 
 
@@ -235,23 +244,31 @@ def evaluate_teacher(teacher: MultiTaskTeacher, dev: Mapping[str, Sequence[Examp
 RESUME_IGNORED_KEYS = frozenset({"progress", "checkpoint_every", "device", "eval_batch_size", "output_dir"})
 
 
-def resume_config_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> List[str]:
-    """``"key: old -> new"`` for each result-changing key that differs between a checkpoint's config and
-    this run's (keys in :data:`RESUME_IGNORED_KEYS` may differ)."""
+def settings_diff(saved: Mapping[str, Any], current: Mapping[str, Any], ignored=(),
+                  defaults: Optional[Mapping[str, Any]] = None) -> List[str]:
+    """``"key: old -> new"`` for each key whose value differs between a checkpoint's settings and this run's,
+    compared by value (JSON), skipping ``ignored``.  A key the checkpoint lacks takes ``defaults[key]``
+    (a setting added since it was written), else counts as missing."""
     def canon(v):
         return json.dumps(v, sort_keys=True, default=str)
 
-    defaults = {f.name: f.default for f in dataclasses.fields(TeacherTrainConfig)
-                if f.default is not dataclasses.MISSING}
+    defaults = defaults or {}
     lines = []
     for key in sorted(set(saved) | set(current)):
-        if key in RESUME_IGNORED_KEYS:
+        if key in ignored:
             continue
-        old = saved.get(key, defaults.get(key, "<missing>"))  # a key added since the checkpoint: its default
+        old = saved[key] if key in saved else defaults.get(key, "<missing>")
         new = current.get(key, "<missing>")
         if canon(old) != canon(new):
             lines.append(f"{key}: {old!r} -> {new!r}")
     return lines
+
+
+def resume_config_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> List[str]:
+    """:func:`settings_diff` for teacher runs (keys in :data:`RESUME_IGNORED_KEYS` may differ)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TeacherTrainConfig)
+                if f.default is not dataclasses.MISSING}
+    return settings_diff(saved, current, RESUME_IGNORED_KEYS, defaults)
 
 
 def _rng_state() -> dict:
@@ -280,28 +297,6 @@ def subsample(examples: Sequence[Example], n: Optional[int], seed: int) -> List[
         return examples
     keep = sorted(np.random.default_rng(seed).choice(len(examples), size=n, replace=False).tolist())
     return [examples[i] for i in keep]
-
-
-def _make_optimizer(teacher: MultiTaskTeacher, cfg: TeacherTrainConfig) -> torch.optim.Optimizer:
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-    groups: Dict[Tuple[bool, bool], List[torch.nn.Parameter]] = {}
-    for name, p in teacher.named_parameters():
-        if not p.requires_grad:
-            continue
-        key = (name.startswith("heads."), not any(n in name for n in no_decay))
-        groups.setdefault(key, []).append(p)
-    head_lr = cfg.head_lr if cfg.head_lr is not None else cfg.lr
-    params = [{"params": ps, "lr": head_lr if is_head else cfg.lr, "weight_decay": cfg.weight_decay if decay else 0.0}
-              for (is_head, decay), ps in sorted(groups.items())]
-    return torch.optim.AdamW(params, lr=cfg.lr)
-
-
-def _linear_schedule(optimizer, warmup: int, total: int):
-    def f(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
 
 
 def _task_loss(task: TaskDef, logits: torch.Tensor, labels: Sequence) -> torch.Tensor:
@@ -346,8 +341,8 @@ def train_teacher(cfg: TeacherTrainConfig, teacher: MultiTaskTeacher, train: Map
     teacher.to(device)
     sampler = TaskBatchSampler({t: len(v) for t, v in train.items()}, cfg.batch_size, cfg.seed)
     total_steps = sampler.batches_per_epoch() * cfg.epochs
-    optimizer = _make_optimizer(teacher, cfg)
-    scheduler = _linear_schedule(optimizer, int(round(cfg.warmup_ratio * total_steps)), total_steps)
+    optimizer = torch.optim.AdamW(param_groups(teacher, cfg.lr, cfg.weight_decay, cfg.head_lr), lr=cfg.lr)
+    scheduler = warmup_schedule(optimizer, int(round(cfg.warmup_ratio * total_steps)), total_steps)
     step, history = 0, []
     elapsed_before = 0.0
     if resume and ckpt_path.is_file():
