@@ -95,7 +95,8 @@ def extensions():
     exts = [
         CppExtension(
             "mkd_fast._C",
-            sources=["csrc/cpu/kd_cpu_kernel.cpp", "csrc/cpu/kd_cpu_binding.cpp"],
+            sources=["csrc/cpu/kd_cpu_kernel.cpp", "csrc/cpu/kd_cpu_binding.cpp", "csrc/cpu/lstm_cpu_kernel.cpp",
+                     "csrc/cpu/lstm_cpu_binding.cpp"],
             extra_compile_args={"cxx": cxx},
             extra_link_args=openmp,
         )
@@ -105,7 +106,8 @@ def extensions():
         exts.append(
             CUDAExtension(
                 "mkd_fast._C_cuda",
-                sources=["csrc/cuda/kd_cuda_binding.cpp", "csrc/cuda/kd_cuda_kernels.cu"],
+                sources=["csrc/cuda/kd_cuda_binding.cpp", "csrc/cuda/kd_cuda_kernels.cu",
+                         "csrc/cuda/lstm_cuda_binding.cpp", "csrc/cuda/lstm_cuda_kernels.cu"],
                 include_dirs=[os.path.join(ROOT, "csrc")],
                 extra_compile_args={"cxx": ["-O3"],
                                     "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]},

@@ -176,8 +176,13 @@ at::Tensor scale_rows(const at::Tensor& grad, const at::Tensor& row_scale, c10::
 
 }  // namespace
 
+namespace mkd_fast {
+void register_lstm_cpu(pybind11::module_& m);  // lstm_cpu_binding.cpp
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "mkd_fast CPU kernels (fused distillation loss)";
+  m.doc() = "mkd_fast CPU kernels (fused distillation loss, LSTM inference)";
+  mkd_fast::register_lstm_cpu(m);
   m.def("kd_rows", &kd_rows, "Per-row fused distillation loss and student gradient", pybind11::arg("student"),
         pybind11::arg("teacher"), pybind11::arg("labels"), pybind11::arg("mask"), pybind11::arg("temperature"),
         pybind11::arg("divergence"), pybind11::arg("beta"), pybind11::arg("teacher_format"), pybind11::arg("alpha"),

@@ -117,8 +117,13 @@ at::Tensor scale_rows(const at::Tensor& grad, const at::Tensor& row_scale, std::
 
 }  // namespace
 
+namespace mkd_fast {
+void register_lstm_cuda(pybind11::module_& m);  // lstm_cuda_binding.cpp
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "mkd_fast CUDA kernels (fused distillation loss)";
+  m.doc() = "mkd_fast CUDA kernels (fused distillation loss, LSTM inference)";
+  mkd_fast::register_lstm_cuda(m);
   m.def("kd_rows", &kd_rows,
         "Per-row fused distillation loss [N] (float32) and, when compute_grad, its gradient w.r.t. the "
         "student [N, C] (student dtype; else an empty tensor), both times loss_scale * row_weight[r]",
