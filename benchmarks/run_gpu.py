@@ -75,16 +75,25 @@ def main() -> int:
 
     if not args.skip_tests:
         # The GPU tests first and on their own, so that nothing else can stop them; then the whole suite.
-        for name, target in (("gpu_tests", "tests/test_gpu_backends.py"), ("tests", "tests")):
+        for name, target in (("gpu_tests", "tests/test_gpu_backends.py"), ("lstm_gpu_tests", "tests/test_fast_lstm_gpu.py"),
+                             ("tests", "tests")):
             proc, seconds = _run([sys.executable, "-m", "pytest", "-q", target, "-p", "no:cacheprovider"])
             tail = [line for line in proc.stdout.splitlines() if " passed" in line or " failed" in line]
             result[name] = dict(returncode=proc.returncode, summary=tail[-1] if tail else "", seconds=round(seconds))
 
     result["copy_bandwidth_GBps"] = copy_bandwidth_gbs(torch)
     raw = os.path.join(args.out, "gpu_benchmark_raw.json")
-    proc, seconds = _run([sys.executable, "-m", "pytest", "-q", "benchmarks", "-p", "no:cacheprovider",
-                          f"--benchmark-json={raw}", "--benchmark-columns=median,min"])
+    proc, seconds = _run([sys.executable, "-m", "pytest", "-q", "benchmarks/test_bench_kd_loss.py", "-p",
+                          "no:cacheprovider", f"--benchmark-json={raw}", "--benchmark-columns=median,min"])
     result["benchmark_returncode"] = proc.returncode
+    # FastBiLSTM vs cuDNN and the student comparison write their own JSON/PNG (lstm_cuda.*, student_throughput_cuda.*).
+    for name, script in (("lstm_benchmark", ["benchmarks/lstm_throughput.py", "--device", "cuda",
+                                             "--batches", "1,8,64,512,4096"]),
+                         ("student_benchmark", ["benchmarks/student_throughput.py", "--device", "cuda",
+                                                "--batch-sizes", "1", "8", "64", "512", "4096"])):
+        proc, seconds = _run([sys.executable, *script])
+        result[name] = dict(returncode=proc.returncode, seconds=round(seconds),
+                            tail=proc.stdout[-3000:] + proc.stderr[-2000:])
     if os.path.exists(raw):
         with open(raw) as f:
             result["benchmarks"] = summarize(json.load(f), result["copy_bandwidth_GBps"])

@@ -19,6 +19,8 @@ def summarize(bench_json: dict, bandwidth_gbs: Optional[float] = None) -> list:
     groups = {}
     for bench in bench_json["benchmarks"]:
         info = bench["extra_info"]
+        if "n" not in info:  # not a loss benchmark (FastBiLSTM, students): reported by their own scripts
+            continue
         key = (info["n"], info["c"], info["dtype"].replace("torch.", ""))
         groups.setdefault(key, {})[info["impl"]] = (bench["stats"]["median"], info)
     rows = []

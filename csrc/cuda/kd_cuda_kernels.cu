@@ -38,6 +38,7 @@
 #include <string>
 
 #include "../kd_params.h"
+#include "cuda_device_guard.h"
 #include "kd_cuda.h"
 
 namespace cg = cooperative_groups;
@@ -989,32 +990,8 @@ __global__ void __launch_bounds__(kScaleThreads) scale_rows_kernel(const T* grad
 // ------------------------------------------------------------------------------------------------
 // Host side.
 // ------------------------------------------------------------------------------------------------
-[[noreturn]] void throw_cuda(const char* what, cudaError_t err) {
-  throw std::runtime_error(std::string(what) + ": " + cudaGetErrorName(err) + ": " +
-                           cudaGetErrorString(err));
-}
-
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    cudaError_t err = cudaGetDevice(&prev_);
-    if (err != cudaSuccess) throw_cuda("cudaGetDevice", err);
-    if (prev_ != device) {
-      err = cudaSetDevice(device);
-      if (err != cudaSuccess) throw_cuda("cudaSetDevice", err);
-      changed_ = true;
-    }
-  }
-  ~DeviceGuard() {
-    if (changed_) cudaSetDevice(prev_);
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int prev_ = 0;
-  bool changed_ = false;
-};
+using mkd_fast::cuda_host::DeviceGuard;
+using mkd_fast::cuda_host::throw_cuda;
 
 bool is_aligned(const void* ptr, size_t bytes) {
   return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;

@@ -26,6 +26,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cuda_device_guard.h"
 #include "lstm_cuda.h"
 
 namespace cg = cooperative_groups;
@@ -223,31 +224,8 @@ __global__ void __launch_bounds__(kStepUnits * kStepRows) lstm_step_kernel(const
 // Host side.
 // ------------------------------------------------------------------------------------------------
 [[noreturn]] void fail(const char* what, cudaError_t err) {
-  throw std::runtime_error(std::string("lstm_layer_cuda_launch: ") + what + ": " + cudaGetErrorName(err) + ": " +
-                           cudaGetErrorString(err));
+  cuda_host::throw_cuda(std::string("lstm_layer_cuda_launch: ") + what, err);
 }
-
-class CurrentDevice {  // sets the device for the call, restores the caller's
- public:
-  explicit CurrentDevice(int device) {
-    cudaError_t err = cudaGetDevice(&prev_);
-    if (err != cudaSuccess) fail("cudaGetDevice", err);
-    if (prev_ != device) {
-      err = cudaSetDevice(device);
-      if (err != cudaSuccess) fail("cudaSetDevice", err);
-      changed_ = true;
-    }
-  }
-  ~CurrentDevice() {
-    if (changed_) cudaSetDevice(prev_);
-  }
-  CurrentDevice(const CurrentDevice&) = delete;
-  CurrentDevice& operator=(const CurrentDevice&) = delete;
-
- private:
-  int prev_ = 0;
-  bool changed_ = false;
-};
 
 size_t persistent_smem(const LstmCudaLayer& a, const PersistentConfig& c) {
   return size_t(a.hidden) * c.units * sizeof(float4) + size_t(2) * c.rows * c.h_stride * sizeof(float);
@@ -331,7 +309,7 @@ int32_t lstm_layer_cuda_launch(const LstmCudaLayer& a, int device_index, void* s
     throw std::runtime_error("lstm_layer_cuda_launch: invalid sizes");
   }
   if (a.rows == 0 || a.steps == 0) return kLstmAuto;
-  CurrentDevice guard(device_index);
+  cuda_host::DeviceGuard guard(device_index);
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   if (path != kLstmPerStep) {
     int major = 0, smem_optin = 0;

@@ -20,6 +20,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..data.examples import Example
 from ..data.vocab import Vocab, build_vocab, load_word_vectors
+from ..fast_lstm import FastBiLSTM
 from ..tasks.definition import TaskDef
 from .base import StudentBase
 from .configs import BiLSTMStudentConfig
@@ -41,8 +42,11 @@ class BiLSTMStudent(StudentBase):
     the embeddings from; without it they are N(0, 1) (``<pad>`` is always zero).  The vocabulary decides
     tokenization (its ``lowercase``); ``config.lowercase`` only matters to :meth:`from_examples`.
 
-    ``use_fast_lstm`` is reserved for a fused inference kernel that :meth:`_run_lstm` may use in eval mode;
-    it changes nothing yet."""
+    ``use_fast_lstm`` (default True): in eval mode, when nothing needs gradients, the recurrence runs on
+    :class:`mkd_fast.FastBiLSTM` (the compiled kernels; same results as ``nn.LSTM`` on the packed batch), so
+    ``predict``, evaluation and benchmarks get it without asking.  On CPU the embeddings are then folded into
+    the first layer's input projection (one [vocab, 4H] table per direction, exact) when that table fits in
+    ``fast_lstm_table_max_bytes``.  Training, or eval with gradients, always runs ``nn.LSTM``."""
 
     student_type = "bilstm"
     config_class = BiLSTMStudentConfig
@@ -58,6 +62,7 @@ class BiLSTMStudent(StudentBase):
         self.config = config
         self.vocab = vocab
         self.use_fast_lstm = True
+        self.fast_lstm_table_max_bytes = 256 << 20
 
         start = self._initial_embeddings(vectors)
         mode = config.embedding_mode
@@ -151,10 +156,54 @@ class BiLSTMStudent(StudentBase):
         outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=embedded.shape[1])
         return outputs, (h_n, c_n)
 
+    def _embedding_weights(self) -> List[torch.Tensor]:
+        return [e.weight for e in (self.frozen_embedding, self.trainable_embedding) if e is not None]
+
+    def _inference_lstm(self) -> Optional[FastBiLSTM]:
+        """The FastBiLSTM for this forward pass, or None when nn.LSTM must run (training, switched off, or
+        autograd would record the call).  Kept outside the module tree: it shares ``self.lstm``'s
+        parameters and must not register them twice."""
+        if self.training or not self.use_fast_lstm:
+            return None
+        if torch.is_grad_enabled() and any(p.requires_grad for p in [*self._embedding_weights(),
+                                                                     *self.lstm.parameters()]):
+            return None
+        fast = self.__dict__.get("_fast_lstm")
+        if fast is None or fast.lstm is not self.lstm:
+            fast = FastBiLSTM.from_lstm(self.lstm)
+            object.__setattr__(self, "_fast_lstm", fast)
+            object.__setattr__(self, "_fast_table_key", None)
+        return fast
+
+    def _use_table(self, fast: FastBiLSTM, device: torch.device) -> bool:
+        """Folds the (eval-mode) embedding into layer 1 on CPU when the table is small enough; the table
+        is rebuilt only when an embedding or LSTM weight changes (FastBiLSTM tracks the LSTM side)."""
+        if device.type != "cpu":
+            return False
+        weights = self._embedding_weights()
+        table_bytes = len(self.vocab) * 4 * self.config.hidden_size * fast.num_directions * 4
+        if table_bytes > self.fast_lstm_table_max_bytes:
+            return False
+        key = tuple((w.data_ptr(), -1 if w.is_inference() else w._version) for w in weights)
+        if self.__dict__.get("_fast_table_key") != key:
+            with torch.no_grad():
+                combined = weights[0] if len(weights) == 1 else torch.cat(weights, dim=-1)
+                fast.precompute_embedding_table(combined.detach())
+            object.__setattr__(self, "_fast_table_key", key)
+        return True
+
     def encode_sentences(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """One vector per text, [B, sentence_width]: after pooling and the shared FC layers."""
-        embedded = self.embedding_dropout(self._embed(input_ids))
-        outputs, (h_n, _) = self._run_lstm(embedded, lengths)
+        fast = self._inference_lstm()
+        if fast is not None:
+            cpu_lengths = lengths.detach().to("cpu", torch.int64)
+            if self._use_table(fast, input_ids.device):
+                outputs, (h_n, _) = fast(input_ids, cpu_lengths)
+            else:
+                outputs, (h_n, _) = fast(self._embed(input_ids), cpu_lengths)
+        else:
+            embedded = self.embedding_dropout(self._embed(input_ids))
+            outputs, (h_n, _) = self._run_lstm(embedded, lengths)
         mask = length_mask(lengths.to(outputs.device), outputs.shape[1])
         return self.shared(self.pooler(outputs, mask, h_n))
 
