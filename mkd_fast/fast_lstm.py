@@ -17,7 +17,9 @@ Semantics worth knowing:
 - No initial state (``hx``), no ``proj_size``; dropout between layers is never applied (eval semantics).
 - The weights are laid out for the kernels once (at construction for a CPU LSTM, else at the first call)
   and cached; the cache is rebuilt when a parameter of the wrapped LSTM changes (in place or replaced), so
-  the module stays correct while the LSTM is being trained elsewhere.
+  the module stays correct while the LSTM is being trained elsewhere.  Changes are detected through the
+  parameters' version counters: writes through ``param.data`` (which bypass them) are not seen; call
+  :meth:`refresh` after such a write.
 - An empty batch (B = 0) returns an empty output and ``h_n``/``c_n`` of shape [layers * directions, 0, H].
 - Devices other than CPU and CUDA, or a missing compiled extension, fall back to ``nn.LSTM`` with a
   one-time warning.
@@ -45,7 +47,7 @@ def _stack_directions(lstm: nn.LSTM, layer: int) -> List[Tuple[torch.Tensor, tor
         if lstm.bias:
             b = getattr(lstm, f"bias_ih_{name}").detach().float() + getattr(lstm, f"bias_hh_{name}").detach().float()
         else:
-            b = torch.zeros(w_ih.shape[0], device=w_ih.device)
+            b = torch.zeros(w_ih.shape[0], dtype=torch.float32, device=w_ih.device)
         out.append((w_ih, w_hh, b))
     return out
 
@@ -184,12 +186,18 @@ class FastBiLSTM(nn.Module):
                             "requires grad, so this call runs nn.LSTM instead (wrap inference in "
                             "torch.no_grad() or torch.inference_mode() for the fast kernels)")
             return self._reference(input, lengths)
-        if not packed and data.shape[1 if self.batch_first else 0] == 0:
+        if not packed and data.shape[0 if self.batch_first else 1] == 0:
             return self._empty(data)
         backend = self._backend(data.device)
         if backend is None:
             return self._reference(input, lengths)
         return self._run(backend, input, lengths, packed, table=None)
+
+    def refresh(self) -> None:
+        """Drops the cached kernel weights (and embedding table), e.g. after writing ``param.data`` directly."""
+        self._cache.clear()
+        if self._table is not None:
+            self._table = (self._table[0], None, None)
 
     def precompute_embedding_table(self, embedding_weight: torch.Tensor) -> torch.Tensor:
         """Folds a frozen embedding into the first layer: table[v] = W_ih @ embedding[v] + biases.
@@ -241,7 +249,7 @@ class FastBiLSTM(nn.Module):
             src = PackedSequence(feats, input.batch_sizes, input.sorted_indices, input.unsorted_indices) \
                 if packed else feats
             return self._run(backend, src, lengths, packed, table=None)
-        if not packed and ids.shape[1 if self.batch_first else 0] == 0:
+        if not packed and ids.shape[0 if self.batch_first else 1] == 0:
             return self._empty(torch.empty(*ids.shape, self.lstm.input_size, dtype=emb.dtype, device=ids.device))
         return self._run("cpu", input, lengths, packed, table=self._table_for(ids.device))
 
@@ -283,12 +291,12 @@ class FastBiLSTM(nn.Module):
 
     def _weights(self, kind: str, device: torch.device):
         params = tuple(self.lstm._flat_weights)
+        if any(p.device != device for p in params):
+            raise ValueError(f"input: expected a tensor on {params[0].device} (the LSTM's device), got {device}")
         fingerprint = tuple((p.data_ptr(), _version(p), p.dtype, p.device) for p in params)
         cached = self._cache.get(kind)
         if cached is not None and cached[0] == fingerprint:
             return cached[1]
-        if any(p.device != device for p in params):
-            raise ValueError(f"input: expected a tensor on {params[0].device} (the LSTM's device), got {device}")
         with torch.no_grad():
             if kind == "cpu":
                 from . import _C
@@ -325,10 +333,15 @@ class FastBiLSTM(nn.Module):
 
     def _lengths(self, lengths: LengthsLike, data: torch.Tensor) -> torch.Tensor:
         B, T = (data.shape[0], data.shape[1]) if self.batch_first else (data.shape[1], data.shape[0])
+        if T == 0 and B > 0:
+            raise ValueError(f"input: expected at least one time step, got shape {tuple(data.shape)} (T = 0)")
+        if isinstance(lengths, tuple) and lengths and all(isinstance(v, torch.Tensor) for v in lengths):
+            raise TypeError("lengths: got a tuple of tensors; FastBiLSTM takes no initial state (hx): its second "
+                            "argument is the sequence lengths [B]")
         if lengths is None:
             return torch.full((B,), T, dtype=torch.int64)
         if not isinstance(lengths, torch.Tensor):
-            lengths = torch.as_tensor(list(lengths), dtype=torch.int64)
+            lengths = torch.as_tensor(list(lengths))
         if lengths.device.type != "cpu":
             raise ValueError(f"lengths: expected a CPU tensor (as pack_padded_sequence), got device {lengths.device}")
         if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():

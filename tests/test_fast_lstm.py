@@ -198,6 +198,50 @@ def test_empty_batch():
     assert out.shape == (0, 5, 12) and h.shape == (4, 0, 6) and c.shape == (4, 0, 6)
 
 
+def test_no_bias_lstm_and_default_dtype_float64():
+    _, x, lengths = make_case(5, 9, 2, True, True, 4, 6, "random")
+    lstm = nn.LSTM(5, 9, 2, bias=False, bidirectional=True, batch_first=True)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)   # must not leak into the kernels' float32 weights
+    try:
+        with torch.no_grad():
+            assert_matches(FastBiLSTM.from_lstm(lstm)(x, lengths), reference(lstm, x, lengths))
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def test_strided_feature_dimension():
+    lstm, x, lengths = make_case(6, 8, 1, True, True, 4, 5, "random")
+    wide = torch.randn(4, 5, 12)
+    wide[..., ::2] = x
+    strided = wide[..., ::2]                 # the feature dimension has stride 2
+    assert strided.stride(-1) == 2
+    with torch.no_grad():
+        assert_matches(FastBiLSTM.from_lstm(lstm)(strided, lengths), reference(lstm, x, lengths))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_thread_counts_give_the_same_result(threads):
+    lstm, x, lengths = make_case(7, 19, 2, True, True, 37, 9, "random")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            assert_matches(FastBiLSTM.from_lstm(lstm)(x, lengths), reference(lstm, x, lengths))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_refresh_after_writing_param_data():
+    lstm, x, lengths = make_case(5, 9, 1, True, True, 4, 6, "random")
+    fast = FastBiLSTM.from_lstm(lstm)
+    with torch.no_grad():
+        fast(x, lengths)
+        lstm.weight_hh_l0.data.mul_(-1.0)     # bypasses the version counter
+        fast.refresh()
+        assert_matches(fast(x, lengths), reference(lstm, x, lengths))
+
+
 def test_weight_updates_are_picked_up():
     lstm, x, lengths = make_case(5, 9, 1, True, True, 4, 6, "random")
     fast = FastBiLSTM.from_lstm(lstm)
@@ -223,8 +267,10 @@ def test_embedding_table_path():
         assert_matches(fast(ids, lengths), expected)
         packed = pack_padded_sequence(ids, lengths, batch_first=True, enforce_sorted=False)
         out, (h, c) = fast(packed)
-        torch.testing.assert_close(out.data, lstm(pack_padded_sequence(emb(ids), lengths, batch_first=True,
-                                                                       enforce_sorted=False))[0].data, **TOL)
+        r_out, (r_h, r_c) = lstm(pack_padded_sequence(emb(ids), lengths, batch_first=True, enforce_sorted=False))
+        torch.testing.assert_close(out.data, r_out.data, **TOL)
+        torch.testing.assert_close(h, r_h, **TOL)
+        torch.testing.assert_close(c, r_c, **TOL)
         emb.weight.mul_(2.0)  # the table follows the embedding
         assert_matches(fast(ids, lengths), reference(lstm, emb(ids), lengths))
         bad = ids.clone()
@@ -254,6 +300,9 @@ def test_errors_name_the_argument():
         (lambda: FastBiLSTM.from_lstm(nn.GRU(3, 4)), TypeError, "lstm: expected a torch.nn.LSTM"),
         (lambda: FastBiLSTM.from_lstm(nn.LSTM(3, 4, proj_size=2)), ValueError, "lstm: proj_size=2"),
         (lambda: fast.precompute_embedding_table(torch.randn(10, 5)), ValueError, "embedding_weight: expected 6"),
+        (lambda: fast(torch.randn(3, 0, 6)), ValueError, r"input: expected at least one time step"),
+        (lambda: fast(x, (torch.zeros(2, 3, 5), torch.zeros(2, 3, 5))), TypeError, "lengths: got a tuple of tensors"),
+        (lambda: fast(x, [1.5, 2.0, 3.0]), TypeError, "lengths: expected an integer"),
     ]
     with torch.no_grad():
         for fn, exc, match in cases:

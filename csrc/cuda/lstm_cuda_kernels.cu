@@ -289,7 +289,11 @@ cudaError_t launch_persistent(const LstmCudaLayer& a, const PersistentConfig& c,
 
 void launch_per_step(const LstmCudaLayer& a, cudaStream_t stream) {
   const int64_t row_blocks = (a.rows + kStepRows - 1) / kStepRows;
-  if (row_blocks > 65535) throw std::runtime_error("lstm_layer_cuda_launch: too many rows for the per-step kernel");
+  if (row_blocks > 65535) {
+    throw std::runtime_error("lstm_layer_cuda_launch: a batch of " + std::to_string(a.rows) + " sequences exceeds "
+                             "the per-step kernel's limit of " + std::to_string(65535 * kStepRows) +
+                             " (grid.y blocks x rows per block); split the batch");
+  }
   cudaError_t err = cudaMemsetAsync(a.workspace, 0, size_t(lstm_cuda_workspace_floats(a)) * sizeof(float), stream);
   if (err != cudaSuccess) fail("cudaMemsetAsync", err);
   const dim3 grid((a.hidden + kStepUnits - 1) / kStepUnits, static_cast<unsigned>(row_blocks),
@@ -317,6 +321,12 @@ int32_t lstm_layer_cuda_launch(const LstmCudaLayer& a, int device_index, void* s
     if (err != cudaSuccess) fail("cudaDeviceGetAttribute", err);
     err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_index);
     if (err != cudaSuccess) fail("cudaDeviceGetAttribute", err);
+    // Clusters need the kernel's sm_90 code: a build that only JIT-compiles older PTX on this device lacks the
+    // cluster branch (it would trap), so such a build plans as if for compute capability 8.
+    cudaFuncAttributes fattr;
+    err = cudaFuncGetAttributes(&fattr, lstm_persistent_kernel);
+    if (err != cudaSuccess) fail("cudaFuncGetAttributes", err);
+    if (fattr.ptxVersion < 90) major = std::min(major, 8);
     PersistentConfig c;
     if (choose_persistent(a, major, smem_optin, &c)) {
       err = launch_persistent(a, c, stream);

@@ -29,6 +29,8 @@ def lstm_forward(data, sizes, sorted_indices, packed, batch_first, w_ih, bias, w
     """
     from .. import _C_cuda
 
+    if path not in PATHS:
+        raise ValueError(f"cuda_path: expected one of {sorted(PATHS)}, got {path!r}")
     stream = torch.cuda.current_stream(data.device).cuda_stream
     return _C_cuda.lstm_forward(data, sizes, sorted_indices, packed, batch_first, w_ih, bias, w_hh, int(hidden),
                                 int(directions), out_dtype, int(stream), PATHS[path])
