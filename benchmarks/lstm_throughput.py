@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -114,12 +115,16 @@ def summarize(times, batch, tokens):
     return row
 
 
+DTYPES = {"float32": torch.float32, "tf32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def plot(rows, path, title):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r.get("dtype", "float32") == rows[0].get("dtype", "float32")]  # first dtype only
     hiddens = sorted({r["hidden"] for r in rows})
     fig, axes = plt.subplots(1, len(hiddens), figsize=(6 * len(hiddens), 4.5), squeeze=False)
     styles = {"fast": ("tab:red", "FastBiLSTM"), "padded": ("tab:blue", "nn.LSTM padded"),
@@ -151,6 +156,8 @@ def main():
     ap.add_argument("--batches", default="1,8,64,512")
     ap.add_argument("--steps", default="32,64,128", help="fixed lengths T (comma list)")
     ap.add_argument("--hidden", default="150,300")
+    ap.add_argument("--dtypes", default="float32",
+                    help="comma list of float32, tf32 (CUDA: float32 storage, TF32 math allowed), float16, bfloat16")
     ap.add_argument("--no-sst2", action="store_true", help="skip the SST-2 length distribution")
     ap.add_argument("--budget", type=float, default=4.0, help="seconds of timing per config (after warm-up)")
     ap.add_argument("--min-rounds", type=int, default=3)
@@ -169,10 +176,17 @@ def main():
     gen = torch.Generator().manual_seed(0)
     configs = [(f"T={t}", t) for t in map(int, args.steps.split(","))] + ([] if args.no_sst2 else [("sst2", None)])
     rows = []
+    dtypes = args.dtypes.split(",")
+    unknown = [d for d in dtypes if d not in DTYPES]
+    if unknown:
+        ap.error(f"--dtypes: unknown {unknown}; expected some of {sorted(DTYPES)}")
     with torch.inference_mode():
-        for hidden in map(int, args.hidden.split(",")):
+        for hidden, dtype_name in itertools.product(map(int, args.hidden.split(",")), dtypes):
             torch.manual_seed(hidden)
-            lstm = nn.LSTM(300, hidden, bidirectional=True, batch_first=True).to(device).eval()
+            if device.type == "cuda":  # TF32 only where asked for, for cuDNN and for our GEMMs alike
+                torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = dtype_name == "tf32"
+            dtype = DTYPES[dtype_name]
+            lstm = nn.LSTM(300, hidden, bidirectional=True, batch_first=True).to(device, dtype).eval()
             fast = mkd_fast.FastBiLSTM.from_lstm(lstm)
             for name, steps in configs:
                 for batch in map(int, args.batches.split(",")):
@@ -182,13 +196,13 @@ def main():
                     else:
                         lengths = torch.full((batch,), steps, dtype=torch.int64)
                     T = int(lengths.max())
-                    x = torch.randn(batch, T, 300, generator=gen).to(device)
+                    x = torch.randn(batch, T, 300, generator=gen).to(device, dtype)
                     times = measure(implementations(lstm, fast, x, lengths), args.budget, args.min_rounds,
                                     args.max_rounds, sync)
-                    row = {"hidden": hidden, "lengths": name, "batch": batch, "T": T,
+                    row = {"hidden": hidden, "dtype": dtype_name, "lengths": name, "batch": batch, "T": T,
                            **summarize(times, batch, int(lengths.sum()))}
                     rows.append(row)
-                    print(f"H={hidden:3d} {name:6s} B={batch:5d} T={T:3d}: fast {row['fast_s'] * 1e3:9.2f} ms  "
+                    print(f"{dtype_name:8s} H={hidden:3d} {name:6s} B={batch:5d} T={T:3d}: fast {row['fast_s'] * 1e3:9.2f} ms  "
                           f"padded {row['padded_s'] * 1e3:9.2f} ms  packed {row['packed_s'] * 1e3:9.2f} ms  "
                           f"x{row['speedup_vs_padded']:.2f} vs padded, x{row['speedup_vs_packed']:.2f} vs packed "
                           f"({row['rounds']} rounds)", flush=True)

@@ -88,7 +88,8 @@ def main() -> int:
     result["benchmark_returncode"] = proc.returncode
     # FastBiLSTM vs cuDNN and the student comparison write their own JSON/PNG (lstm_cuda.*, student_throughput_cuda.*).
     for name, script in (("lstm_benchmark", ["benchmarks/lstm_throughput.py", "--device", "cuda",
-                                             "--batches", "1,8,64,512,4096"]),
+                                             "--batches", "1,8,64,512,4096",
+                                             "--dtypes", "float32,tf32,float16,bfloat16"]),
                          ("student_benchmark", ["benchmarks/student_throughput.py", "--device", "cuda",
                                                 "--batch-sizes", "1", "8", "64", "512", "4096"])):
         proc, seconds = _run([sys.executable, *script])

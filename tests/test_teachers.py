@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -271,3 +272,15 @@ def test_evaluate_predictions_scores_by_the_task_metric_and_raises_errors():
         evaluate_predictions(TaskDef(name="b", label_names=("a", "b"), metrics=("bleu",)), p, y)
     with pytest.raises(ValueError, match="length"):
         evaluate_predictions(get_task("sst2"), p, y[:4])
+
+
+def test_regression_heads_start_at_the_mean_label(tmp_path):
+    from mkd_fast.teachers.training import start_regression_heads_at_mean
+
+    t = tiny_teacher(tmp_path)
+    data = tiny_data(10)["train"]
+    before = t.heads["senti"][-1].bias.detach().clone()
+    start_regression_heads_at_mean(t, data)
+    expected = float(np.mean([e.label for e in data["sim"]]))
+    assert t.heads["sim"][-1].bias.item() == pytest.approx(expected)
+    assert torch.equal(t.heads["senti"][-1].bias, before)  # classification heads untouched

@@ -299,6 +299,16 @@ def subsample(examples: Sequence[Example], n: Optional[int], seed: int) -> List[
     return [examples[i] for i in keep]
 
 
+def start_regression_heads_at_mean(teacher: MultiTaskTeacher, train: Mapping[str, Sequence[Example]]) -> None:
+    """Sets each regression head's output bias to the mean training label.  Why: a head that starts near 0
+    on a 0..5 scale spends its first steps (and large gradients through the shared encoder) learning the
+    offset; measured on the demo corpus this lifted the teacher's similarity Pearson after one epoch."""
+    for name, examples in train.items():
+        if teacher.tasks[name].kind == "regression" and examples:
+            with torch.no_grad():
+                teacher.heads[name][-1].bias.fill_(float(np.mean([float(e.label) for e in examples])))
+
+
 def _task_loss(task: TaskDef, logits: torch.Tensor, labels: Sequence) -> torch.Tensor:
     if task.kind == "regression":
         target = torch.tensor([float(x) for x in labels], dtype=logits.dtype, device=logits.device)
@@ -338,6 +348,7 @@ def train_teacher(cfg: TeacherTrainConfig, teacher: MultiTaskTeacher, train: Map
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
+    start_regression_heads_at_mean(teacher, train)
     teacher.to(device)
     sampler = TaskBatchSampler({t: len(v) for t, v in train.items()}, cfg.batch_size, cfg.seed)
     total_steps = sampler.batches_per_epoch() * cfg.epochs
