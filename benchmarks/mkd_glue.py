@@ -71,8 +71,9 @@ def get_teacher(args, defs, train_all, dev, work: Path):
         return MultiTaskTeacher.load(teacher_dir), None
     train = {t: subsample(train_all[t], args.teacher_examples, args.seed) for t in TASKS}
     cfg = TeacherTrainConfig(output_dir=str(work / "teacher"), tasks=list(TASKS), model="minilm",
-                             max_length=args.max_length, batch_size=32, eval_batch_size=128, epochs=args.teacher_epochs,
-                             lr=1e-4, head_lr=1e-3, warmup_ratio=0.1, pooling="mean", seed=args.seed,
+                             max_length=args.teacher_max_length, batch_size=32, eval_batch_size=128,
+                             epochs=args.teacher_epochs, lr=args.teacher_lr, head_lr=1e-3, warmup_ratio=0.1, pooling="mean",
+                             seed=args.seed,
                              checkpoint_every=100)
     torch.manual_seed(args.seed)
     encoder, tok = load_encoder("minilm")
@@ -108,12 +109,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))
     p.add_argument("--teacher-dir", default=None, help="a saved MultiTaskTeacher to reuse (skips stage 1)")
-    p.add_argument("--teacher-examples", type=int, default=2000)
-    p.add_argument("--teacher-epochs", type=int, default=2)
+    p.add_argument("--teacher-examples", type=int, default=2500, help="per task; RTE has 2,490 in all")
+    p.add_argument("--teacher-epochs", type=int, default=3)
+    p.add_argument("--teacher-lr", type=float, default=5e-5)
+    p.add_argument("--teacher-max-length", type=int, default=128, help="WordPiece tokens per (pair) input")
+    p.add_argument("--teacher-only", action="store_true", help="stop after training and scoring the teacher")
     p.add_argument("--transfer-examples", type=int, default=6000)
     p.add_argument("--student-epochs", type=float, default=6.0)
     p.add_argument("--student-lr", type=float, default=2e-3)
-    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=128, help="student: words per sentence")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", default=str(ROOT / "build" / "mkd_glue_run"))
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "mkd_glue.json"))
@@ -126,12 +130,14 @@ def main(argv=None) -> int:
     transfer = {t: subsample(data["train"][t], args.transfer_examples, args.seed + 1) for t in TASKS}
     teacher, teacher_summary = get_teacher(args, defs, data["train"], dev, work)
     t_teacher = time.perf_counter() - t_start
-    teacher_dev = evaluate_teacher(teacher, dev, args.max_length, 128)
+    teacher_dev = evaluate_teacher(teacher, dev, args.teacher_max_length, 128)
     print("teacher dev:", {t: round(teacher_dev[t]["score"], 4) for t in TASKS}, flush=True)
+    if args.teacher_only:
+        return 0
 
     t0 = time.perf_counter()
     store = compute_soft_targets(TeacherEnsemble({t: [teacher] for t in TASKS}), transfer, defs, work / "store",
-                                 max_length=args.max_length, batch_size=128, shard_size=512, dtype="float32",
+                                 max_length=args.teacher_max_length, batch_size=128, shard_size=512, dtype="float32",
                                  overwrite=False)
     t_store = time.perf_counter() - t0
 
@@ -179,6 +185,7 @@ def main(argv=None) -> int:
     result = {
         "table": table, "metrics": results, "baseline": base, "claims": claims,
         "budget": {"teacher_examples_per_task": args.teacher_examples, "teacher_epochs": args.teacher_epochs,
+                   "teacher_lr": args.teacher_lr, "teacher_max_length": args.teacher_max_length,
                    "transfer_examples": {t: len(v) for t, v in transfer.items()}, "student_epochs": args.student_epochs,
                    "max_length": args.max_length, "seconds_total": round(total, 1),
                    "seconds_teacher": round(t_teacher, 1) if teacher_summary else "reused",
