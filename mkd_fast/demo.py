@@ -35,7 +35,7 @@ class DemoSize:
     student_epochs: float  # passes of the distilled students over labeled + transfer
 
 
-FULL = DemoSize(labeled=1000, transfer=3000, dev=500, teacher_epochs=2, student_epochs=4)
+FULL = DemoSize(labeled=1000, transfer=3000, dev=500, teacher_epochs=3, student_epochs=4)
 QUICK = DemoSize(labeled=120, transfer=240, dev=100, teacher_epochs=1, student_epochs=1)
 MAX_LENGTH = 48
 KD_LABEL_WEIGHT = 0.5  # weight of the label (where known) against the teacher in the distilled students' loss
@@ -54,8 +54,10 @@ def demo_corpus(size: DemoSize, seed: int = 0):
 def train_demo_teacher(labeled, dev, out: Path, size: DemoSize, progress: bool):
     from .teachers import MultiTaskTeacher, TeacherTrainConfig, load_encoder, train_teacher
 
+    # Batch 16 and 3 epochs: the similarity head needs the steps (measured: dev Pearson 0.61 after 2 epochs
+    # of batch 32, 0.64 after 3 of batch 16, and the distilled BiLSTM's average 0.620 -> 0.648).
     cfg = TeacherTrainConfig(output_dir=str(out), tasks=list(labeled), model="minilm", max_length=MAX_LENGTH,
-                             batch_size=32, epochs=size.teacher_epochs, lr=1e-4, head_lr=1e-3, warmup_ratio=0.1,
+                             batch_size=16, epochs=size.teacher_epochs, lr=1e-4, head_lr=1e-3, warmup_ratio=0.1,
                              pooling="mean", progress=progress, checkpoint_every=10_000)
     torch.manual_seed(0)
     encoder, tok = load_encoder("minilm")
