@@ -12,6 +12,13 @@ Reported per config: median seconds per call of each, and the speed-ups as the m
 per-round ratio (robust when other jobs share the cores). Writes JSON (device, versions, git commit) and a
 PNG of throughput (sequences/s) against batch.
 
+Roofline: the run also measures the machine's matrix-multiply rate (torch.mm of 2048^3 on one CPU thread times
+the thread count; 8192^3 on the GPU; in the timed dtype) before and after the configs and keeps the faster.  Each config then
+reports the useful work (multiply-adds of the real tokens: input projection + recurrent product, both
+directions) as a % of that rate for every implementation, and the largest speed-up over nn.LSTM that any
+kernel doing that work could reach (nn.LSTM's time / the work at the GEMM rate).  A speed-up goal above that
+bound cannot be met by a faster kernel, only by doing less work.
+
     python benchmarks/lstm_throughput.py                       # -> benchmarks/results/lstm_cpu.{json,png}
     python benchmarks/lstm_throughput.py --batches 1,8,64,512,4096 --steps 64 --budget 20
 """
@@ -103,6 +110,50 @@ def measure(impls, budget_s, min_rounds, max_rounds, sync):
     return times
 
 
+def gemm_rate(device, dtype, sync, seconds=1.0):
+    """Floating-point operations per second of a large torch.mm in `dtype`: the attainable compute peak.
+
+    On CPU the product runs on one thread and the rate is scaled by the thread count (a multi-threaded GEMM
+    pays for its own synchronisation, which would understate what the cores can do); on GPU it uses the
+    whole device.  The fastest of the calls within `seconds` counts.
+    """
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        torch.mm(a, b)
+        sync()
+        best, start = float("inf"), time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            sync()
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return 2 * n ** 3 / best * (threads if device.type == "cpu" else 1)
+
+
+def useful_flops(tokens, hidden, features=300, directions=2):
+    """Floating-point operations an LSTM layer must do on `tokens` real tokens (packed semantics)."""
+    return 2 * tokens * directions * (features * 4 * hidden + hidden * 4 * hidden)
+
+
+def add_roofline(row, flops, peak):
+    """% of the GEMM rate per implementation and the largest speed-up over nn.LSTM the work allows."""
+    floor_s = flops / peak
+    row["useful_gflop"] = flops / 1e9
+    row["gemm_rate_gflops"] = peak / 1e9
+    for name in ("fast", "padded", "packed"):
+        row[f"{name}_pct_of_gemm_rate"] = 100 * floor_s / row[f"{name}_s"]
+    for base in ("padded", "packed"):
+        row[f"max_speedup_vs_{base}"] = row[f"{base}_s"] / floor_s
+    return row
+
+
 def summarize(times, batch, tokens):
     med = {name: statistics.median(ts) for name, ts in times.items()}
     row = {f"{name}_s": med[name] for name in times}
@@ -180,6 +231,7 @@ def main():
     unknown = [d for d in dtypes if d not in DTYPES]
     if unknown:
         ap.error(f"--dtypes: unknown {unknown}; expected some of {sorted(DTYPES)}")
+    peaks = {}
     with torch.inference_mode():
         for hidden, dtype_name in itertools.product(map(int, args.hidden.split(",")), dtypes):
             torch.manual_seed(hidden)
@@ -188,6 +240,8 @@ def main():
             dtype = DTYPES[dtype_name]
             lstm = nn.LSTM(300, hidden, bidirectional=True, batch_first=True).to(device, dtype).eval()
             fast = mkd_fast.FastBiLSTM.from_lstm(lstm)
+            if dtype_name not in peaks:
+                peaks[dtype_name] = gemm_rate(device, dtype, sync)
             for name, steps in configs:
                 for batch in map(int, args.batches.split(",")):
                     if steps is None:
@@ -201,11 +255,24 @@ def main():
                                     args.max_rounds, sync)
                     row = {"hidden": hidden, "dtype": dtype_name, "lengths": name, "batch": batch, "T": T,
                            **summarize(times, batch, int(lengths.sum()))}
+                    add_roofline(row, useful_flops(int(lengths.sum()), hidden), peaks[dtype_name])
                     rows.append(row)
                     print(f"{dtype_name:8s} H={hidden:3d} {name:6s} B={batch:5d} T={T:3d}: fast {row['fast_s'] * 1e3:9.2f} ms  "
                           f"padded {row['padded_s'] * 1e3:9.2f} ms  packed {row['packed_s'] * 1e3:9.2f} ms  "
                           f"x{row['speedup_vs_padded']:.2f} vs padded, x{row['speedup_vs_packed']:.2f} vs packed "
-                          f"({row['rounds']} rounds)", flush=True)
+                          f"({row['rounds']} rounds); % of GEMM rate: fast {row['fast_pct_of_gemm_rate']:.0f} "
+                          f"padded {row['padded_pct_of_gemm_rate']:.0f}, bound x{row['max_speedup_vs_padded']:.2f}",
+                          flush=True)
+        # The rate measured again after the configs; the faster of the two measurements is the peak.
+        for dtype_name in dtypes:
+            if device.type == "cuda":
+                torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = dtype_name == "tf32"
+            again = gemm_rate(device, DTYPES[dtype_name], sync)
+            if again > peaks[dtype_name]:
+                peaks[dtype_name] = again
+                for row in rows:
+                    if row["dtype"] == dtype_name:
+                        add_roofline(row, row["useful_gflop"] * 1e9, again)
     meta = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(),
@@ -221,6 +288,9 @@ def main():
         "model": "nn.LSTM(300, H, bidirectional=True, batch_first=True), 1 layer, inference_mode",
         "sst2_lengths": sst2_source,
         "timing": "interleaved rounds; *_s = median seconds per call; speedup = median of per-round ratios",
+        "gemm_rate_gflops": {k: v / 1e9 for k, v in peaks.items()},
+        "roofline": "useful work = 2 * real tokens * directions * (E * 4H + H * 4H) flop; *_pct_of_gemm_rate = that "
+                    "work at the GEMM rate / the time; max_speedup_vs_* = nn.LSTM time / that work at the GEMM rate",
     }
     with open(stem + ".json", "w") as f:
         json.dump({"meta": meta, "results": rows}, f, indent=1)

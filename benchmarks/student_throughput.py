@@ -36,6 +36,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lstm_throughput import cpu_name  # noqa: E402
 from mkd_fast.data.examples import Example  # noqa: E402
 from mkd_fast.data.vocab import Vocab, build_vocab  # noqa: E402
 from mkd_fast.students import (BiLSTMStudent, BiLSTMStudentConfig, TransformerStudent,  # noqa: E402
@@ -159,7 +161,7 @@ def main(argv=None) -> int:
     fast_vs_nn = {bs: round(results["bilstm"][bs] / results["bilstm_nn_lstm"][bs], 2) for bs in results["bilstm"]}
     lengths = [len(e.texts[0].split()) for e in examples]
     out = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "sequences_per_second": results, "vs_transformer_4x312": ratios, "bilstm_fast_vs_nn_lstm": fast_vs_nn,
         "models": info, "inputs": {"source": source, "mean_words": round(sum(lengths) / len(lengths), 1),
                                    "max_words": max(lengths)},

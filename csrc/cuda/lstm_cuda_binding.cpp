@@ -4,6 +4,7 @@
 // included, so this file also compiles (syntax check in CI) against a CPU-only torch.
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <tuple>
@@ -17,8 +18,25 @@ namespace {
 
 using mkd_fast::cuda::LstmCudaLayer;
 
-at::Tensor to_device(const std::vector<int64_t>& v, const at::Device& device) {
-  return at::tensor(v, at::TensorOptions().dtype(at::kLong)).to(device);
+// The index tables in one pinned host buffer and one asynchronous copy (instead of a synchronous copy from
+// pageable memory per table, which costs a host round trip each at batch 1).  The caching host allocator
+// keeps the pinned buffer alive until the copy on the current stream has finished.  Returns the device
+// tables in the order given.
+std::vector<at::Tensor> to_device(const std::vector<const std::vector<int64_t>*>& tables, const at::Device& device) {
+  int64_t total = 0;
+  for (const auto* t : tables) total += static_cast<int64_t>(t->size());
+  at::Tensor host = at::empty({total}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+  int64_t* dst = host.data_ptr<int64_t>();
+  for (const auto* t : tables) dst = std::copy(t->begin(), t->end(), dst);
+  const at::Tensor dev = host.to(device, /*non_blocking=*/true);
+  std::vector<at::Tensor> views;
+  int64_t start = 0;
+  for (const auto* t : tables) {
+    const int64_t n = static_cast<int64_t>(t->size());
+    views.push_back(dev.narrow(0, start, n));
+    start += n;
+  }
+  return views;
 }
 
 void check_weights(const std::vector<at::Tensor>& w_ih, const std::vector<at::Tensor>& bias,
@@ -95,13 +113,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     y_row[j] = j * DH;
     state_row[j] = o.perm[j] * H;
   }
-  const at::Tensor d_len = to_device(o.length, device), d_bs = to_device(o.batch_sizes, device),
-                   d_off = to_device(o.offsets, device), d_out_t = to_device(out_t, device),
-                   d_out_row = to_device(out_row, device), d_y_t = to_device(y_t, device),
-                   d_y_row = to_device(y_row, device), d_state_row = to_device(state_row, device);
+  const std::vector<at::Tensor> d = to_device(
+      {&o.length, &o.batch_sizes, &o.offsets, &out_t, &out_row, &y_t, &y_row, &state_row, &gather}, device);
+  const at::Tensor &d_len = d[0], &d_bs = d[1], &d_off = d[2], &d_out_t = d[3], &d_out_row = d[4], &d_y_t = d[5],
+                   &d_y_row = d[6], &d_state_row = d[7], &d_gather = d[8];
 
   const auto fopts = input.options().dtype(at::kFloat);
-  at::Tensor x = input.reshape({-1, E}).index_select(0, to_device(gather, device)).to(at::kFloat);
+  at::Tensor x = input.reshape({-1, E}).index_select(0, d_gather).to(at::kFloat);
   at::Tensor ybuf = L > 1 ? at::empty({o.total, DH}, fopts) : at::Tensor();
   at::Tensor work = at::empty({3 * D * o.batch * H}, fopts);
   for (int64_t l = 0; l < L; ++l) {
