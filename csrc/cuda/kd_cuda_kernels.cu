@@ -28,7 +28,6 @@
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <cooperative_groups.h>
 
 #include <algorithm>
 #include <cfloat>
@@ -38,14 +37,14 @@
 #include <string>
 
 #include "../kd_params.h"
+#include "cuda_cluster.cuh"
 #include "cuda_device_guard.h"
 #include "kd_cuda.h"
-
-namespace cg = cooperative_groups;
 
 namespace {
 
 using mkd_fast::KdParams;
+namespace cuda_cluster = mkd_fast::cuda_cluster;
 
 // ------------------------------------------------------------------------------------------------
 // Tunables (chosen without a GPU at hand; see README.md).
@@ -120,36 +119,6 @@ __device__ __forceinline__ float* dyn_smem() {
   return reinterpret_cast<float*>(kd_dyn_smem_f4);
 }
 #endif
-
-// ------------------------------------------------------------------------------------------------
-// Thread-block cluster helpers (sm_90+).  The host launches n_split > 1 only on sm_90+ devices.
-// ------------------------------------------------------------------------------------------------
-__device__ __forceinline__ void cluster_sync_all() {
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
-  cg::this_cluster().sync();
-#else
-  __trap();
-#endif
-}
-
-__device__ __forceinline__ int cluster_rank() {
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
-  return static_cast<int>(cg::this_cluster().block_rank());
-#else
-  __trap();
-  return 0;
-#endif
-}
-
-__device__ __forceinline__ const float* cluster_peer(float* p, int rank) {
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
-  return cg::this_cluster().map_shared_rank(p, rank);
-#else
-  (void)rank;
-  __trap();
-  return p;
-#endif
-}
 
 // ------------------------------------------------------------------------------------------------
 // Loads / stores of W consecutive elements as one access of W * sizeof(T) bytes (16, 8, 4 or 2).
@@ -524,11 +493,11 @@ struct CtaReducer {
         lse[2 * i + 1] = logf(st[1]);
       }
     } else {
-      cluster_sync_all();
+      cuda_cluster::sync();
       for (int i = threadIdx.x; i < n_items; i += blockDim.x) {
         float m = -INFINITY, d = 0.f;
         for (int r = 0; r < n_split; ++r) {  // same order in every CTA: identical results
-          const float* st = cluster_peer(stats(), r) + (par() * n_items + i) * 2;
+          const float* st = cuda_cluster::peer(stats(), r) + (par() * n_items + i) * 2;
           md_combine(m, d, st[0], st[1]);
         }
         lse[2 * i] = m;
@@ -550,11 +519,11 @@ struct CtaReducer {
       b = sums[1];
     } else {
       float* res = dyn_smem() + kRes;
-      cluster_sync_all();
+      cuda_cluster::sync();
       if (threadIdx.x == 0) {
         float ta = 0.f, tb = 0.f;
         for (int r = 0; r < n_split; ++r) {  // rank order: identical in every CTA
-          const float* sr = cluster_peer(sums, r);
+          const float* sr = cuda_cluster::peer(sums, r);
           ta += sr[0];
           tb += sr[1];
         }
@@ -573,10 +542,10 @@ struct CtaReducer {
     if (n_split == 1) return threadIdx.x == 0;
     float* lsum = dyn_smem() + kLsum + par();
     if (threadIdx.x == 0) *lsum = a;
-    cluster_sync_all();
+    cuda_cluster::sync();
     if (rank == 0 && threadIdx.x == 0) {
       float t = 0.f;
-      for (int r = 0; r < n_split; ++r) t += *cluster_peer(lsum, r);
+      for (int r = 0; r < n_split; ++r) t += *cuda_cluster::peer(lsum, r);
       a = t;
       return true;
     }
@@ -917,7 +886,7 @@ template <typename TS, typename TT, int V>
 __global__ void __launch_bounds__(kCtaThreads, 2) kd_rows_cta_kernel(const DevParams p) {
   CtaReducer red;
   red.n_items = 2 + p.K;
-  red.rank = p.n_split > 1 ? cluster_rank() : 0;
+  red.rank = p.n_split > 1 ? cuda_cluster::rank() : 0;
   red.state = 0;
   red.lse = dyn_smem() + CtaReducer::kLse;
 
@@ -932,7 +901,7 @@ __global__ void __launch_bounds__(kCtaThreads, 2) kd_rows_cta_kernel(const DevPa
     }
   }
   // No CTA may leave while a peer could still read its shared memory.
-  if (p.n_split > 1) cluster_sync_all();
+  if (p.n_split > 1) cuda_cluster::sync();
 }
 
 // Small C: groups of G = 2^group_log2 lanes (inside one warp) per row.

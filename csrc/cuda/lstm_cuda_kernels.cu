@@ -19,17 +19,15 @@
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <cooperative_groups.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 
+#include "cuda_cluster.cuh"
 #include "cuda_device_guard.h"
 #include "lstm_cuda.h"
-
-namespace cg = cooperative_groups;
 
 namespace mkd_fast {
 namespace cuda {
@@ -89,38 +87,19 @@ __device__ __forceinline__ void emit(const LstmCudaLayer& a, int64_t t, int64_t 
   }
 }
 
-// Thread-block cluster helpers: clusters exist from sm_90; the host launches N > 1 only there.
+// Cluster helpers that reduce to the single-CTA case when the tile is one CTA (N = 1, any arch).
 __device__ __forceinline__ void sync_tile(int n) {
   if (n > 1) {
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
-    cg::this_cluster().sync();
-#else
-    __trap();
-#endif
+    cuda_cluster::sync();
   } else {
     __syncthreads();
   }
 }
 
-__device__ __forceinline__ int tile_rank(int n) {
-  if (n == 1) return 0;
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
-  return static_cast<int>(cg::this_cluster().block_rank());
-#else
-  __trap();
-  return 0;
-#endif
-}
+__device__ __forceinline__ int tile_rank(int n) { return n == 1 ? 0 : cuda_cluster::rank(); }
 
 __device__ __forceinline__ float* peer_smem(float* p, int rank, int n) {
-  if (n == 1) return p;
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
-  return cg::this_cluster().map_shared_rank(p, rank);
-#else
-  (void)rank;
-  __trap();
-  return p;
-#endif
+  return n == 1 ? p : cuda_cluster::peer(p, rank);
 }
 
 // ------------------------------------------------------------------------------------------------
