@@ -29,9 +29,7 @@ import datetime
 import itertools
 import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 
 import torch
@@ -39,6 +37,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import mkd_fast
+from run_info import cpu_name, git_commit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -57,28 +56,6 @@ def sst2_lengths():
         return lengths, os.path.normpath(SST2)
     except OSError:
         return SST2_FALLBACK, "fixed fallback sample (SST-2 train.tsv not found)"
-
-
-def git_commit():
-    """HEAD, with "+dirty" when the working tree has uncommitted changes (the timed code may differ)."""
-    try:
-        head = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
-        dirty = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                        text=True).strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def implementations(lstm, fast, x, lengths):

@@ -37,7 +37,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from teacher_glue import TASKS, _commit, load_data  # noqa: E402
+from run_info import git_commit  # noqa: E402
+from teacher_glue import TASKS, load_data  # noqa: E402
 
 from mkd_fast.distill import DistillConfig, MultiTaskDistiller  # noqa: E402
 from mkd_fast.soft_targets import compute_soft_targets, open_store  # noqa: E402
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
-        "commit": _commit(), "loader": loader,
+        "commit": git_commit(), "loader": loader,
     }
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

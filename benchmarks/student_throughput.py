@@ -37,7 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lstm_throughput import cpu_name  # noqa: E402
+from run_info import cpu_name, git_commit  # noqa: E402
 from mkd_fast.data.examples import Example  # noqa: E402
 from mkd_fast.data.vocab import Vocab, build_vocab  # noqa: E402
 from mkd_fast.students import (BiLSTMStudent, BiLSTMStudentConfig, TransformerStudent,  # noqa: E402
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
-        "commit": _commit(),
+        "commit": git_commit(),
     }
     path = Path(args.output) if args.output else ROOT / "benchmarks" / "results" / f"student_throughput_{device.type}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -200,17 +200,6 @@ def plot(results, device_name: str, path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-
-
-def _commit() -> str:
-    import subprocess
-
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
-        return head + ("+dirty" if dirty.strip() else "")
-    except OSError:
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from teacher_glue import _commit, baseline, load_data  # noqa: E402
+from run_info import git_commit  # noqa: E402
+from teacher_glue import baseline, load_data  # noqa: E402
 
 from mkd_fast.teachers import MultiTaskTeacher, TeacherTrainConfig, train_teacher  # noqa: E402
 from mkd_fast.teachers.training import evaluate_teacher  # noqa: E402
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
            "command": " ".join([Path(sys.executable).name, *sys.argv]),
            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                        "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
-           "commit": _commit(), "loader": loader}
+           "commit": git_commit(), "loader": loader}
     path = Path(args.output)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, default=str))

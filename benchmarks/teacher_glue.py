@@ -13,7 +13,6 @@ import csv
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_info import git_commit  # noqa: E402
 from mkd_fast.data.examples import Example  # noqa: E402
 from mkd_fast.teachers import MultiTaskTeacher, TeacherTrainConfig, load_encoder, train_teacher  # noqa: E402
 from mkd_fast.teachers.training import evaluate_teacher, subsample  # noqa: E402
@@ -79,15 +80,6 @@ def baseline(task, train, dev) -> float:
         return 0.0
     counts = np.bincount([int(e.label) for e in train], minlength=task.num_labels)
     return float(np.mean([int(e.label) == int(counts.argmax()) for e in dev]))
-
-
-def _commit() -> str:
-    try:
-        sha = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
-        dirty = subprocess.run(["git", "diff", "--quiet"], cwd=ROOT).returncode != 0
-        return sha + ("+dirty" if dirty else "")
-    except Exception:
-        return "unknown"
 
 
 def main(argv=None) -> int:
@@ -151,7 +143,7 @@ def main(argv=None) -> int:
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": args.device,
                     "torch": torch.__version__},
-        "commit": _commit(),
+        "commit": git_commit(),
     }
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
