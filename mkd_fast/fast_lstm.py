@@ -191,7 +191,7 @@ class FastBiLSTM(nn.Module):
         backend = self._backend(data.device)
         if backend is None:
             return self._reference(input, lengths)
-        return self._run(backend, input, lengths, packed, table=None)
+        return self._run(backend, input, lengths, packed, tokens=False)
 
     def refresh(self) -> None:
         """Drops the cached kernel weights (and embedding table), e.g. after writing ``param.data`` directly."""
@@ -213,7 +213,7 @@ class FastBiLSTM(nn.Module):
             raise ValueError(f"embedding_weight: expected {self.lstm.input_size} columns (the LSTM's input_size), "
                              f"got {embedding_weight.shape[1]}")
         self._table = (embedding_weight, None, None)
-        return self._table_for(embedding_weight.device)
+        return self._table_for()
 
     # ---------------------------------------------------------------------------------------------
     def _forward_tokens(self, input, lengths):
@@ -248,12 +248,12 @@ class FastBiLSTM(nn.Module):
             feats = torch.nn.functional.embedding(ids, emb)
             src = PackedSequence(feats, input.batch_sizes, input.sorted_indices, input.unsorted_indices) \
                 if packed else feats
-            return self._run(backend, src, lengths, packed, table=None)
+            return self._run(backend, src, lengths, packed, tokens=False)
         if not packed and ids.shape[0 if self.batch_first else 1] == 0:
             return self._empty(torch.empty(*ids.shape, self.lstm.input_size, dtype=emb.dtype, device=ids.device))
-        return self._run("cpu", input, lengths, packed, table=self._table_for(ids.device))
+        return self._run("cpu", input, lengths, packed, tokens=True)
 
-    def _run(self, backend, input, lengths, packed, table):
+    def _run(self, backend, input, lengths, packed, tokens: bool):
         data = input.data if packed else input
         out_dtype = data.dtype if data.is_floating_point() else self._table[0].dtype
         if out_dtype not in _FLOAT_DTYPES:
@@ -265,7 +265,9 @@ class FastBiLSTM(nn.Module):
         if backend == "cpu":
             from . import _C
 
-            w_ih, bias, w_hh = self._weights("cpu", data.device)
+            weights = self._weights("cpu", data.device)
+            w_ih, bias, w_hh = weights
+            table = self._table_for(weights) if tokens else None
             out, h_n, c_n = _C.lstm_forward(data, sizes, sorted_idx, packed, self.batch_first, w_ih, bias, w_hh,
                                             self.lstm.hidden_size, self.num_directions, table, out_dtype,
                                             int(self.tile_rows), int(self.chunk_steps))
@@ -307,11 +309,13 @@ class FastBiLSTM(nn.Module):
         self._cache[kind] = (fingerprint, (w_ih, bias, w_hh))
         return w_ih, bias, w_hh
 
-    def _table_for(self, device: torch.device) -> torch.Tensor:
+    def _table_for(self, weights=None) -> Optional[torch.Tensor]:
+        """The table of the current embedding and weights, rebuilt when either changed. `weights`: this call's
+        `_weights("cpu", ...)` when the caller already has them (a forward), so they are not looked up twice."""
         emb, old_fp, table = self._table
         if emb.device.type != "cpu":
             return None  # CUDA: the embedding is gathered and the first layer's GEMM runs as usual
-        w_ih, bias, _ = self._weights("cpu", emb.device)
+        w_ih, bias, _ = weights if weights is not None else self._weights("cpu", emb.device)
         fingerprint = (emb.data_ptr(), _version(emb), self._cache["cpu"][0])  # embedding and LSTM weights
         if table is None or old_fp != fingerprint:
             with torch.no_grad():
